@@ -1,0 +1,5 @@
+//! Placeholder: being written.
+
+/// Not yet implemented.
+#[derive(Debug)]
+pub struct SrAverage;
