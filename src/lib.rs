@@ -31,5 +31,6 @@ pub mod model;
 pub mod operators;
 pub mod samplers;
 pub mod schedules;
+pub mod spec;
 
 pub use error::{Error, Result};
