@@ -27,6 +27,7 @@
 //! ```
 
 pub mod error;
+pub mod imageio;
 pub mod model;
 pub mod operators;
 pub mod samplers;
