@@ -30,6 +30,7 @@ pub mod error;
 pub mod imageio;
 pub mod model;
 pub mod operators;
+pub mod pipeline;
 pub mod samplers;
 pub mod schedules;
 pub mod spec;

@@ -1,0 +1,1032 @@
+//! The batch pipeline behind `conjure run` and `conjure degrade` (interface.md §1, §4).
+//!
+//! `run`: discover the inputs (a file or a directory walked recursively, image files only, sorted by
+//! relative path), keep this shard's share (by position in the sorted list), skip outputs that already
+//! exist (`io.skip_existing`, unless `--overwrite`), then work through the rest in windows: decode and
+//! prepare on rayon, group images of the same shape into batches of `runtime.batch_size` (one sampler
+//! call, one network call per step, for the whole batch), and encode + write on rayon. Every output is
+//! written atomically (temporary file in the output folder, fsync, rename), so a killed run leaves only
+//! complete outputs plus temporaries that the next run removes. One failing input is recorded in the
+//! manifest and the run goes on.
+//!
+//! **Determinism.** Every image's random stream is seeded by [`image_seed`]`(seed, path relative to the
+//! input root)`; samplers keep per-sample computations per sample; so outputs do not depend on batch size,
+//! batch composition, thread count, shard or order (as long as the network itself returns the same
+//! numbers for a sample whatever the batch, which the analytic and ONNX backends do).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::imageio::{self, EncodeOptions, FileFormat, Picture};
+use crate::model::card::ModelCard;
+use crate::model::{Denoiser, JacobianMode, ModelKind, Network, Parameterization};
+use crate::operators::{Degradation, Img, OperatorRef};
+use crate::samplers::{ModelSchedule, Problem, Sampler};
+use crate::schedules::TimeInput;
+use crate::spec::{image_seed, BitDepth, MaskSpec, OutputFormat, PipelineSpec};
+
+/// What the pipeline needs to know about a model.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub kind: ModelKind,
+    pub param: Parameterization,
+    pub time: TimeInput,
+    pub schedule: ModelSchedule,
+    pub channels: usize,
+    /// The network's fixed image size (height, width); `None` = any size (analytic denoisers).
+    pub size: Option<(usize, usize)>,
+    pub value_range: [f64; 2],
+}
+
+impl ModelInfo {
+    /// From a model card in `dir`.
+    pub fn from_card(card: &ModelCard, dir: &Path) -> Result<Self> {
+        Ok(ModelInfo {
+            kind: card.model_kind(),
+            param: card.param(),
+            time: card.time_input(),
+            schedule: card.model_schedule(dir)?,
+            channels: card.image.channels,
+            size: Some((card.image.height, card.image.width)),
+            value_range: card.image.value_range,
+        })
+    }
+}
+
+/// Check that a spec can run on a model of this kind (sampler family, Jacobian mode).
+pub fn check_model(spec: &PipelineSpec, kind: ModelKind, has_vjp: bool) -> Result<()> {
+    let name = spec.sampler.name;
+    let needs_flow = name.needs_flow();
+    if name != crate::samplers::SamplerName::Pinv && needs_flow != (kind == ModelKind::Flow) {
+        return Err(Error::Spec {
+            location: String::new(),
+            message: format!(
+                "sampler {} needs a {} model, but {} is a {} model",
+                name.as_str(),
+                if needs_flow { "flow" } else { "diffusion" },
+                spec.model.display(),
+                if kind == ModelKind::Flow {
+                    "flow"
+                } else {
+                    "diffusion"
+                }
+            ),
+        });
+    }
+    if spec.sampler.jacobian == JacobianMode::Exact && !has_vjp {
+        return Err(Error::Spec {
+            location: String::new(),
+            message: format!(
+                "jacobian: exact needs a vjp graph, and {} has none; use jacobian: finite-difference or identity",
+                spec.model.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Builds the operator of a degradation for one image shape (normally [`Degradation::build`]).
+pub type OperatorFactory = dyn Fn(&Degradation, [usize; 3]) -> Result<OperatorRef> + Sync;
+
+/// The model side of a run: network, sampler and how to build operators.
+pub struct Engine<'a> {
+    pub model: ModelInfo,
+    pub denoiser: &'a dyn Denoiser,
+    pub sampler: &'a dyn Sampler,
+    pub build_operator: &'a OperatorFactory,
+}
+
+/// `--shard I/N`: this process handles the inputs whose position in the sorted list ≡ I (mod N).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// Parse `I/N` with 0 ≤ I < N.
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || Error::invalid("shard", s, "I/N with 0 <= I < N, e.g. 0/4");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: usize = i.trim().parse().map_err(|_| bad())?;
+        let count: usize = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// The shard of a job array: `SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN` of
+    /// `SLURM_ARRAY_TASK_COUNT`, else `JOB_COMPLETION_INDEX` of `CONJURE_SHARD_COUNT` (Kubernetes Indexed
+    /// Job). `None` when neither is set.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>> {
+        let num = |k: &str| -> Result<Option<usize>> {
+            match var(k) {
+                None => Ok(None),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| Error::invalid(k, v, "a non-negative integer")),
+            }
+        };
+        let make = |index: usize, count: usize, what: &str| {
+            if count == 0 || index >= count {
+                Err(Error::invalid(
+                    what,
+                    format!("{index}/{count}"),
+                    "an index below the task count",
+                ))
+            } else {
+                Ok(Some(Shard { index, count }))
+            }
+        };
+        if let (Some(id), Some(count)) = (
+            num("SLURM_ARRAY_TASK_ID")?,
+            num("SLURM_ARRAY_TASK_COUNT")?,
+        ) {
+            let min = num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+            let index = id.checked_sub(min).ok_or_else(|| {
+                Error::invalid("SLURM_ARRAY_TASK_ID", id, format!(">= SLURM_ARRAY_TASK_MIN {min}"))
+            })?;
+            return make(index, count, "slurm array task");
+        }
+        if let (Some(index), Some(count)) =
+            (num("JOB_COMPLETION_INDEX")?, num("CONJURE_SHARD_COUNT")?)
+        {
+            return make(index, count, "job completion index");
+        }
+        Ok(None)
+    }
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// indicatif bars (a terminal).
+    Bars,
+    /// One log line per image (cron, CI).
+    Log,
+    /// Nothing but warnings and the final summary.
+    Quiet,
+}
+
+/// Where and how `run` works (the CLI side; the spec says what).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Overrides `io.input`.
+    pub input: Option<PathBuf>,
+    /// Overrides `io.output`.
+    pub output: Option<PathBuf>,
+    /// Redo outputs that exist.
+    pub overwrite: bool,
+    pub shard: Option<Shard>,
+    /// Manifest file (default `<output>/conjure-manifest.jsonl`).
+    pub manifest: Option<PathBuf>,
+    pub progress: ProgressMode,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            input: None,
+            output: None,
+            overwrite: false,
+            shard: None,
+            manifest: None,
+            progress: ProgressMode::Quiet,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub restored: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    /// (input, error) of each failure, in input order.
+    pub failures: Vec<(PathBuf, String)>,
+    pub seconds: f64,
+    /// Engine and provider that ran the network.
+    pub engine: String,
+    pub manifest: PathBuf,
+    pub output: PathBuf,
+}
+
+/// One input file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputItem {
+    pub path: PathBuf,
+    /// Relative to the input root (the directory given, or the file's folder).
+    pub rel: PathBuf,
+    /// Position in the sorted input list (before sharding).
+    pub index: usize,
+}
+
+/// The image files under `input` (or `input` itself), sorted by relative path. Hidden files and
+/// conjure's temporaries are skipped, and so is `exclude` (the output folder when it lies inside the
+/// input).
+pub fn discover(input: &Path, exclude: Option<&Path>) -> Result<Vec<InputItem>> {
+    let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
+    if meta.is_file() {
+        let name = input
+            .file_name()
+            .map(PathBuf::from)
+            .ok_or_else(|| Error::invalid("input", input.display(), "a file or directory"))?;
+        if !imageio::is_image_path(input) {
+            return Err(Error::invalid(
+                "input",
+                input.display(),
+                "an image file (png, tif, tiff, jpg, jpeg) or a directory",
+            ));
+        }
+        return Ok(vec![InputItem {
+            path: input.to_path_buf(),
+            rel: name,
+            index: 0,
+        }]);
+    }
+    let exclude = exclude.and_then(|e| e.canonicalize().ok());
+    let mut items = Vec::new();
+    let walker = walkdir::WalkDir::new(input)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| {
+            let hidden = e.depth() > 0
+                && e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with('.'));
+            let excluded = exclude.as_ref().is_some_and(|x| {
+                e.file_type().is_dir() && e.path().canonicalize().is_ok_and(|p| &p == x)
+            });
+            !hidden && !excluded
+        });
+    for entry in walker {
+        let entry = entry.map_err(|e| {
+            let p = e.path().unwrap_or(input).to_path_buf();
+            Error::io(p, e.into())
+        })?;
+        if !entry.file_type().is_file() || !imageio::is_image_path(entry.path()) {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(input)
+            .expect("walkdir yields paths under the root")
+            .to_path_buf();
+        items.push(InputItem {
+            path: entry.path().to_path_buf(),
+            rel,
+            index: 0,
+        });
+    }
+    items.sort_by(|a, b| a.rel.components().cmp(b.rel.components()));
+    for (i, it) in items.iter_mut().enumerate() {
+        it.index = i;
+    }
+    Ok(items)
+}
+
+/// The output path of an input: the same relative path under `output`, with the extension of the output
+/// format (`same` keeps the input's extension).
+pub fn output_path(output: &Path, rel: &Path, format: OutputFormat) -> PathBuf {
+    let p = output.join(rel);
+    match format {
+        OutputFormat::Same => p,
+        OutputFormat::Png => p.with_extension("png"),
+        OutputFormat::Tiff => p.with_extension("tif"),
+        OutputFormat::Jpeg => p.with_extension("jpg"),
+        OutputFormat::Npy => p.with_extension("npy"),
+    }
+}
+
+/// One line of the manifest (interface.md §4).
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestRecord {
+    pub input: String,
+    pub output: String,
+    /// `restored` | `skipped` | `failed`.
+    pub status: &'static str,
+    pub error: Option<String>,
+    pub seed: u64,
+    /// Network evaluations per image (forwards + VJPs, finite-difference forwards included).
+    pub nfe: usize,
+    /// Engine and provider that ran the network.
+    pub engine: String,
+    pub seconds: f64,
+    pub spec_hash: String,
+    /// Unix time (seconds) the record was written.
+    pub finished_at: u64,
+}
+
+/// The append-only JSONL manifest. Each record is one `write` of a whole line to a file opened with
+/// `O_APPEND`, so concurrent shards may share one manifest.
+struct Manifest {
+    file: Mutex<std::fs::File>,
+    path: PathBuf,
+}
+
+impl Manifest {
+    fn open(path: &Path) -> Result<Self> {
+        if let Some(d) = path.parent() {
+            if !d.as_os_str().is_empty() {
+                std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(Manifest {
+            file: Mutex::new(file),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn append(&self, rec: &ManifestRecord) -> Result<()> {
+        let mut line = serde_json::to_string(rec).expect("record serializes");
+        line.push('\n');
+        let mut f = self.file.lock().expect("manifest lock");
+        f.write_all(line.as_bytes())
+            .and_then(|_| f.flush())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An input ready for the sampler.
+struct Prepared {
+    job: Job,
+    pic: Picture,
+    y: Img,
+    op: OperatorRef,
+    init_noise: Option<Img>,
+    seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+struct Job {
+    item: InputItem,
+    out: PathBuf,
+    seed: u64,
+}
+
+/// Shared state of one run.
+struct Ctx<'a> {
+    spec: &'a PipelineSpec,
+    engine: &'a Engine<'a>,
+    /// Operators for masks shared by all images, by x shape.
+    op_cache: Mutex<HashMap<[usize; 3], OperatorRef>>,
+    init_noise: Option<ndarray::ArrayD<f64>>,
+}
+
+impl Ctx<'_> {
+    /// The x shape restored from a measurement of (h, w).
+    fn x_shape(&self, h: usize, w: usize) -> [usize; 3] {
+        let s = self.spec.task.scale;
+        [self.engine.model.channels, h * s, w * s]
+    }
+
+    /// The mask (1 = known) of an image with x size (h, w), for inpainting.
+    fn mask(&self, rel: &Path, seed: u64, h: usize, w: usize) -> Result<Option<ndarray::Array2<f64>>> {
+        let Some(m) = &self.spec.task.mask else {
+            return Ok(None);
+        };
+        if let Some(g) = m.generate(h, w, seed)? {
+            return Ok(Some(g));
+        }
+        match m {
+            MaskSpec::File { path } => imageio::load_mask(path, h, w).map(Some),
+            MaskSpec::PerImage { dir } => {
+                imageio::load_mask(&dir.join(rel).with_extension("png"), h, w).map(Some)
+            }
+            _ => unreachable!("generated above"),
+        }
+    }
+
+    fn operator(&self, rel: &Path, seed: u64, x_shape: [usize; 3]) -> Result<OperatorRef> {
+        let shared = self
+            .spec
+            .task
+            .mask
+            .as_ref()
+            .is_none_or(MaskSpec::is_shared);
+        if shared {
+            if let Some(op) = self.op_cache.lock().expect("cache").get(&x_shape) {
+                return Ok(op.clone());
+            }
+        }
+        let mask = self.mask(rel, seed, x_shape[1], x_shape[2])?;
+        let op = (self.engine.build_operator)(&self.spec.degradation(mask)?, x_shape)?;
+        if shared {
+            self.op_cache
+                .lock()
+                .expect("cache")
+                .insert(x_shape, op.clone());
+        }
+        Ok(op)
+    }
+
+    /// Decode an input and build its measurement and operator.
+    fn prepare(&self, job: Job) -> Result<Prepared, (Job, Error, f64)> {
+        let t0 = Instant::now();
+        let r = (|| -> Result<(Picture, Img, OperatorRef, Option<Img>)> {
+            let pic = imageio::decode(&job.item.path)?;
+            let (h, w) = pic.size();
+            let x_shape = self.x_shape(h, w);
+            if let Some((mh, mw)) = self.engine.model.size {
+                if (mh, mw) != (x_shape[1], x_shape[2]) {
+                    return Err(Error::Unsupported(format!(
+                        "image {}x{} restores to {}x{}, but the model takes {mw}x{mh} and tiled \
+                         restoration is not available",
+                        w, h, x_shape[2], x_shape[1]
+                    )));
+                }
+            }
+            let op = self.operator(&job.item.rel, job.seed, x_shape)?;
+            let yc = op.y_shape()[0];
+            let y = imageio::to_model(
+                &imageio::to_channels(&pic.color, yc)?,
+                self.engine.model.value_range,
+            );
+            if y.shape() != &op.y_shape()[..] {
+                return Err(Error::Shape(format!(
+                    "measurement {:?}, operator {} expects {:?}",
+                    y.shape(),
+                    op.name(),
+                    op.y_shape()
+                )));
+            }
+            let z = match &self.init_noise {
+                None => None,
+                Some(a) => Some(pick_init_noise(a, job.item.index, x_shape)?),
+            };
+            Ok((pic, y, op, z))
+        })();
+        let secs = t0.elapsed().as_secs_f64();
+        match r {
+            Ok((pic, y, op, init_noise)) => Ok(Prepared {
+                job,
+                pic,
+                y,
+                op,
+                init_noise,
+                seconds: secs,
+            }),
+            Err(e) => Err((job, e, secs)),
+        }
+    }
+
+    /// Run the sampler on a batch; on a batch error, retry each image alone so one bad input cannot fail
+    /// the others. Returns (x̂, NFE per image, seconds per image) or the error, per image.
+    fn sample(&self, batch: &[&Prepared]) -> Vec<Result<(Img, usize, f64)>> {
+        let t0 = Instant::now();
+        match self.sample_once(batch) {
+            Ok((xs, nfe)) => {
+                let per = t0.elapsed().as_secs_f64() / batch.len() as f64;
+                xs.into_iter().map(|x| Ok((x, nfe, per))).collect()
+            }
+            Err(e) if batch.len() == 1 => vec![Err(e)],
+            Err(_) => batch
+                .iter()
+                .flat_map(|p| self.sample(std::slice::from_ref(p)))
+                .collect(),
+        }
+    }
+
+    fn sample_once(&self, batch: &[&Prepared]) -> Result<(Vec<Img>, usize)> {
+        let m = &self.engine.model;
+        let net = Network::new(
+            self.engine.denoiser,
+            m.kind,
+            m.param,
+            m.time,
+            self.spec.sampler.jacobian,
+        );
+        net.validate()?;
+        let mut problems = batch
+            .iter()
+            .map(|p| {
+                let pr = Problem::new(p.op.clone(), p.y.clone(), self.spec.task.noise_sigma, p.job.seed)?;
+                match &p.init_noise {
+                    Some(z) => pr.with_init_noise(z.clone()),
+                    None => Ok(pr),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let xs = self.engine.sampler.sample(&net, &mut problems)?;
+        if xs.len() != batch.len() {
+            return Err(Error::Shape(format!(
+                "sampler returned {} images for a batch of {}",
+                xs.len(),
+                batch.len()
+            )));
+        }
+        if xs.iter().any(|x| x.iter().any(|v| !v.is_finite())) {
+            return Err(Error::Numerical("the sampler produced NaN or Inf".into()));
+        }
+        let nfe = (net.forwards() + net.vjps()) / batch.len();
+        Ok((xs, nfe))
+    }
+
+    /// Encode x̂ and write it atomically.
+    fn write(&self, p: &Prepared, x: &Img) -> Result<()> {
+        let io = &self.spec.io;
+        let out = &p.job.out;
+        imageio::remove_stale_temps(out)?;
+        let bytes = if io.format == OutputFormat::Npy {
+            imageio::encode_npy(x, out)?
+        } else {
+            let (_, h, w) = x.dim();
+            let color = imageio::from_model(x, self.engine.model.value_range);
+            let alpha = p.pic.alpha.as_ref().map(|a| {
+                if a.dim() == (h, w) {
+                    a.clone()
+                } else {
+                    imageio::resize_nearest(a, h, w)
+                }
+            });
+            let format = match io.format {
+                OutputFormat::Same => p.pic.format,
+                OutputFormat::Png => FileFormat::Png,
+                OutputFormat::Tiff => FileFormat::Tiff,
+                OutputFormat::Jpeg => FileFormat::Jpeg,
+                OutputFormat::Npy => unreachable!(),
+            };
+            let bit_depth = match io.bit_depth {
+                BitDepth::Same => p.pic.bit_depth,
+                BitDepth::Eight => 8,
+                BitDepth::Sixteen => 16,
+            };
+            let pic = Picture {
+                color,
+                alpha,
+                bit_depth,
+                format,
+                icc: p.pic.icc.clone(),
+                exif: p.pic.exif.clone(),
+            };
+            imageio::encode(
+                &pic,
+                EncodeOptions {
+                    format,
+                    bit_depth,
+                    jpeg_quality: io.jpeg_quality,
+                },
+                out,
+            )?
+        };
+        imageio::write_atomic(out, &bytes)
+    }
+}
+
+/// Select image `index` (mod N) of an (N,C,H,W) init-noise array, or the (C,H,W) array itself.
+fn pick_init_noise(a: &ndarray::ArrayD<f64>, index: usize, x_shape: [usize; 3]) -> Result<Img> {
+    let z = match a.ndim() {
+        3 => a.clone(),
+        4 if a.shape()[0] > 0 => a
+            .index_axis(ndarray::Axis(0), index % a.shape()[0])
+            .to_owned(),
+        _ => {
+            return Err(Error::Shape(format!(
+                "init_noise has shape {:?} (expected (N,C,H,W) or (C,H,W))",
+                a.shape()
+            )))
+        }
+    };
+    let z = z
+        .into_dimensionality::<ndarray::Ix3>()
+        .map_err(|e| Error::Shape(e.to_string()))?;
+    if z.shape() != &x_shape[..] {
+        return Err(Error::Shape(format!(
+            "init_noise {:?}, image {:?}",
+            z.shape(),
+            x_shape
+        )));
+    }
+    Ok(z)
+}
+
+/// (NFE, seconds) of a restored image, or (error, seconds) of a failed one.
+type Outcome = std::result::Result<(usize, f64), (String, f64)>;
+
+/// Progress reporting: bars, log lines or nothing.
+struct Progress {
+    mode: ProgressMode,
+    bar: Option<indicatif::ProgressBar>,
+    total: usize,
+    done: Mutex<usize>,
+}
+
+impl Progress {
+    fn new(mode: ProgressMode, total: usize, nfe: usize) -> Self {
+        let bar = (mode == ProgressMode::Bars).then(|| {
+            let b = indicatif::ProgressBar::new(total as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}",
+                )
+                .expect("valid template"),
+            );
+            b.set_message(format!("NFE {nfe}/image"));
+            b
+        });
+        Progress {
+            mode,
+            bar,
+            total,
+            done: Mutex::new(0),
+        }
+    }
+
+    fn record(&self, rec: &ManifestRecord) {
+        let mut done = self.done.lock().expect("progress");
+        *done += 1;
+        match self.mode {
+            ProgressMode::Bars => {
+                if let Some(b) = &self.bar {
+                    if rec.status == "failed" {
+                        b.println(format!(
+                            "failed {}: {}",
+                            rec.input,
+                            rec.error.as_deref().unwrap_or("")
+                        ));
+                    }
+                    b.inc(1);
+                }
+            }
+            ProgressMode::Log => match rec.status {
+                "failed" => tracing::warn!(
+                    "[{}/{}] failed {}: {}",
+                    *done,
+                    self.total,
+                    rec.input,
+                    rec.error.as_deref().unwrap_or("")
+                ),
+                s => tracing::info!(
+                    "[{}/{}] {} {} -> {} ({:.2} s)",
+                    *done,
+                    self.total,
+                    s,
+                    rec.input,
+                    rec.output,
+                    rec.seconds
+                ),
+            },
+            ProgressMode::Quiet => {
+                if rec.status == "failed" {
+                    tracing::warn!(
+                        "failed {}: {}",
+                        rec.input,
+                        rec.error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Resolve the input and output of a run (CLI over spec).
+fn resolve_io(spec: &PipelineSpec, opts: &RunOptions) -> Result<(PathBuf, PathBuf)> {
+    let input = opts
+        .input
+        .clone()
+        .or_else(|| spec.io.input.clone())
+        .ok_or_else(|| Error::Spec {
+            location: String::new(),
+            message: "no input: give --input or io.input in the spec".into(),
+        })?;
+    let output = opts
+        .output
+        .clone()
+        .or_else(|| spec.io.output.clone())
+        .ok_or_else(|| Error::Spec {
+            location: String::new(),
+            message: "no output: give --output or io.output in the spec".into(),
+        })?;
+    if !input.exists() {
+        return Err(Error::io(
+            &input,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "input not found"),
+        ));
+    }
+    Ok((input, output))
+}
+
+/// Load the spec's model with its ONNX engine, build the sampler, and run.
+pub fn run(spec: &PipelineSpec, opts: &RunOptions) -> Result<RunSummary> {
+    let loaded = crate::model::load(&spec.model, &spec.runtime_options())?;
+    let info = ModelInfo::from_card(&loaded.card, &loaded.dir)?;
+    check_model(spec, info.kind, loaded.denoiser.has_vjp())?;
+    let sampler = crate::samplers::build(&spec.sampler_config(), &info.schedule)?;
+    let build = |d: &Degradation, shape: [usize; 3]| d.build(shape);
+    let engine = Engine {
+        model: info,
+        denoiser: loaded.denoiser.as_ref(),
+        sampler: sampler.as_ref(),
+        build_operator: &build,
+    };
+    run_with(spec, opts, &engine)
+}
+
+/// Run a spec with a given engine (network, sampler, operator factory). Errors returned here mean nothing
+/// ran (usage, spec, model, output folder); per-input failures are in the summary and the manifest.
+pub fn run_with(spec: &PipelineSpec, opts: &RunOptions, engine: &Engine) -> Result<RunSummary> {
+    if spec.runtime.threads > 0 {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(spec.runtime.threads)
+            .build()
+            .map_err(|e| Error::Unsupported(format!("cannot start {} threads: {e}", spec.runtime.threads)))?;
+        pool.install(|| run_inner(spec, opts, engine))
+    } else {
+        run_inner(spec, opts, engine)
+    }
+}
+
+fn run_inner(spec: &PipelineSpec, opts: &RunOptions, engine: &Engine) -> Result<RunSummary> {
+    let t0 = Instant::now();
+    let (input, output) = resolve_io(spec, opts)?;
+    std::fs::create_dir_all(&output).map_err(|e| Error::io(&output, e))?;
+    let mut items = discover(&input, Some(&output))?;
+    if let Some(sh) = opts.shard {
+        items.retain(|it| it.index % sh.count == sh.index);
+    }
+    let manifest_path = opts
+        .manifest
+        .clone()
+        .unwrap_or_else(|| output.join("conjure-manifest.jsonl"));
+    let manifest = Manifest::open(&manifest_path)?;
+    let init_noise = spec
+        .sampler
+        .init_noise
+        .as_ref()
+        .map(|p| imageio::read_npy(p))
+        .transpose()?;
+    let hash = spec.hash();
+    let engine_name = engine.denoiser.engine();
+    let progress = Progress::new(opts.progress, items.len(), engine.sampler.nfe());
+    let mut summary = RunSummary {
+        engine: engine_name.clone(),
+        manifest: manifest_path.clone(),
+        output: output.clone(),
+        ..Default::default()
+    };
+    let record = |summary: &mut RunSummary,
+                  job: &Job,
+                  status: &'static str,
+                  error: Option<String>,
+                  nfe: usize,
+                  seconds: f64|
+     -> Result<()> {
+        let rec = ManifestRecord {
+            input: job.item.path.display().to_string(),
+            output: job.out.display().to_string(),
+            status,
+            error: error.clone(),
+            seed: job.seed,
+            nfe,
+            engine: engine_name.clone(),
+            seconds,
+            spec_hash: hash.clone(),
+            finished_at: now_unix(),
+        };
+        manifest.append(&rec)?;
+        progress.record(&rec);
+        match status {
+            "restored" => summary.restored += 1,
+            "skipped" => summary.skipped += 1,
+            _ => {
+                summary.failed += 1;
+                summary
+                    .failures
+                    .push((job.item.path.clone(), error.unwrap_or_default()));
+            }
+        }
+        Ok(())
+    };
+
+    // Plan: output paths, collisions, skips.
+    let mut seen: HashMap<PathBuf, PathBuf> = HashMap::new();
+    let mut todo = Vec::new();
+    for item in items {
+        let out = output_path(&output, &item.rel, spec.io.format);
+        let seed = image_seed(spec.seed, &item.rel);
+        let job = Job { item, out, seed };
+        if let Some(first) = seen.get(&job.out) {
+            let msg = format!(
+                "output {} is also the output of {}",
+                job.out.display(),
+                first.display()
+            );
+            record(&mut summary, &job, "failed", Some(msg), 0, 0.0)?;
+            continue;
+        }
+        seen.insert(job.out.clone(), job.item.path.clone());
+        if spec.io.skip_existing && !opts.overwrite && job.out.is_file() {
+            record(&mut summary, &job, "skipped", None, 0, 0.0)?;
+            continue;
+        }
+        todo.push(job);
+    }
+
+    let ctx = Ctx {
+        spec,
+        engine,
+        op_cache: Mutex::new(HashMap::new()),
+        init_noise,
+    };
+    let batch_size = spec.runtime.batch_size.max(1);
+    let window = (batch_size * 4).max(32);
+    for jobs in todo.chunks(window) {
+        let prepared: Vec<Result<Prepared, (Job, Error, f64)>> = jobs
+            .par_iter()
+            .map(|job| ctx.prepare(job.clone()))
+            .collect();
+        // Outcome per job of the window, in input order.
+        let mut outcome: Vec<Option<Outcome>> = vec![None; jobs.len()];
+        let mut ready: Vec<(usize, Prepared)> = Vec::new();
+        for (i, p) in prepared.into_iter().enumerate() {
+            match p {
+                Ok(p) => ready.push((i, p)),
+                Err((_, e, secs)) => outcome[i] = Some(Err((e.to_string(), secs))),
+            }
+        }
+        // Same-shape images share a sampler call; order within a group follows the input order.
+        let mut groups: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
+        for (k, (_, p)) in ready.iter().enumerate() {
+            groups.entry(p.op.x_shape().to_vec()).or_default().push(k);
+        }
+        let mut restored: Vec<Option<Result<(Img, usize, f64)>>> = (0..ready.len()).map(|_| None).collect();
+        for members in groups.values() {
+            for chunk in members.chunks(batch_size) {
+                let batch: Vec<&Prepared> = chunk.iter().map(|&k| &ready[k].1).collect();
+                for (&k, r) in chunk.iter().zip(ctx.sample(&batch)) {
+                    restored[k] = Some(r);
+                }
+            }
+        }
+        let written: Vec<(usize, Outcome)> = ready
+            .par_iter()
+            .zip(restored.into_par_iter())
+            .map(|((i, p), r)| {
+                let t = Instant::now();
+                let r = match r.expect("every prepared image was sampled") {
+                    Ok((x, nfe, secs)) => ctx
+                        .write(p, &x)
+                        .map(|_| (nfe, p.seconds + secs + t.elapsed().as_secs_f64()))
+                        .map_err(|e| (e.to_string(), p.seconds + secs)),
+                    Err(e) => Err((e.to_string(), p.seconds)),
+                };
+                (*i, r)
+            })
+            .collect();
+        for (i, r) in written {
+            outcome[i] = Some(r);
+        }
+        for (job, o) in jobs.iter().zip(outcome) {
+            match o.expect("every job has an outcome") {
+                Ok((nfe, secs)) => record(&mut summary, job, "restored", None, nfe, secs)?,
+                Err((msg, secs)) => record(&mut summary, job, "failed", Some(msg), 0, secs)?,
+            }
+        }
+    }
+    progress.finish();
+    summary.seconds = t0.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// What `degrade` did.
+#[derive(Debug, Clone, Default)]
+pub struct DegradeSummary {
+    pub written: usize,
+    pub failures: Vec<(PathBuf, String)>,
+    pub masks: Option<PathBuf>,
+}
+
+/// Make measurements y = H x + σ_y n from clean images (interface.md §1, `conjure degrade`).
+///
+/// Each clean image is converted to the model's channels and value range, degraded with the spec's
+/// operator (masks generated or loaded exactly as `run` does, from the same per-image seed), given
+/// Gaussian noise of std `task.noise_sigma` from its own seeded stream, and written with the input's
+/// format and bit depth (and ICC / EXIF, alpha resampled to y's size) at the same relative path under
+/// `output`. For `inpaint`, the mask used for each image is written as a PNG (white = known) at the same
+/// relative path under `masks` — ready for `mask: {kind: per-image, dir: …}`.
+pub fn degrade(
+    spec: &PipelineSpec,
+    model: &ModelInfo,
+    build_operator: &OperatorFactory,
+    input: &Path,
+    output: &Path,
+    masks: Option<&Path>,
+) -> Result<DegradeSummary> {
+    let items = discover(input, Some(output))?;
+    std::fs::create_dir_all(output).map_err(|e| Error::io(output, e))?;
+    let results: Vec<(PathBuf, Result<()>)> = items
+        .par_iter()
+        .map(|item| {
+            let r = (|| -> Result<()> {
+                let pic = imageio::decode(&item.path)?;
+                let (h, w) = pic.size();
+                let x = imageio::to_model(
+                    &imageio::to_channels(&pic.color, model.channels)?,
+                    model.value_range,
+                );
+                let seed = image_seed(spec.seed, &item.rel);
+                let mask = match &spec.task.mask {
+                    None => None,
+                    Some(m) => match m.generate(h, w, seed)? {
+                        Some(g) => Some(g),
+                        None => Some(match m {
+                            MaskSpec::File { path } => imageio::load_mask(path, h, w)?,
+                            MaskSpec::PerImage { dir } => imageio::load_mask(
+                                &dir.join(&item.rel).with_extension("png"),
+                                h,
+                                w,
+                            )?,
+                            _ => unreachable!(),
+                        }),
+                    },
+                };
+                let op = build_operator(&spec.degradation(mask.clone())?, [model.channels, h, w])?;
+                let mut y = op.forward(&x);
+                if spec.task.noise_sigma > 0.0 {
+                    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x6e6f_6973_655f_7921);
+                    let s = spec.task.noise_sigma;
+                    y.mapv_inplace(|v| {
+                        let n: f64 = StandardNormal.sample(&mut rng);
+                        v + s * n
+                    });
+                }
+                let (_, yh, yw) = y.dim();
+                let out_pic = Picture {
+                    color: imageio::from_model(&y, model.value_range),
+                    alpha: pic.alpha.as_ref().map(|a| {
+                        if (yh, yw) == (h, w) {
+                            a.clone()
+                        } else {
+                            imageio::resize_nearest(a, yh, yw)
+                        }
+                    }),
+                    bit_depth: pic.bit_depth,
+                    format: pic.format,
+                    icc: pic.icc.clone(),
+                    exif: pic.exif.clone(),
+                };
+                let out = output.join(&item.rel);
+                let bytes = imageio::encode(
+                    &out_pic,
+                    EncodeOptions {
+                        format: pic.format,
+                        bit_depth: pic.bit_depth,
+                        jpeg_quality: spec.io.jpeg_quality,
+                    },
+                    &out,
+                )?;
+                imageio::remove_stale_temps(&out)?;
+                imageio::write_atomic(&out, &bytes)?;
+                if let (Some(m), Some(dir)) = (&mask, masks) {
+                    let mp = dir.join(&item.rel).with_extension("png");
+                    imageio::write_atomic(&mp, &imageio::encode_mask(m, &mp)?)?;
+                }
+                Ok(())
+            })();
+            (item.path.clone(), r)
+        })
+        .collect();
+    let mut s = DegradeSummary {
+        masks: spec.task.mask.as_ref().and(masks.map(Path::to_path_buf)),
+        ..Default::default()
+    };
+    for (p, r) in results {
+        match r {
+            Ok(()) => s.written += 1,
+            Err(e) => s.failures.push((p, e.to_string())),
+        }
+    }
+    Ok(s)
+}
