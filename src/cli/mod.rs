@@ -1,0 +1,289 @@
+//! Command-line front end (binary only): clap arguments → library calls; owns exit codes and the
+//! human-facing messages. `anyhow` is used here and nowhere in the library.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand};
+
+use conjure::model::card::ModelCard;
+use conjure::pipeline::{self, ModelInfo, ProgressMode, RunOptions, Shard};
+use conjure::spec::{Override, PipelineSpec};
+
+mod inspect;
+
+/// Exit status: every input restored or skipped.
+pub const EXIT_OK: i32 = 0;
+/// Exit status: at least one input failed (the others were done).
+pub const EXIT_FAILED_INPUTS: i32 = 1;
+/// Exit status: usage, spec or model error (nothing ran).
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "conjure",
+    version,
+    about = "Restore images in bulk with diffusion / flow priors (C-ΠGDM, C-ΠGFM and baselines)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Restore every image of the input (file or directory, recursive) into the output directory.
+    Run {
+        /// The pipeline spec (YAML).
+        spec: PathBuf,
+        /// Input file or directory (overrides io.input).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Output directory (overrides io.output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Override a spec key: --set sampler.steps=10 (repeatable; the value is YAML).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Process only inputs whose position in the sorted list is I mod N (0-based). Default: from
+        /// SLURM_ARRAY_* or JOB_COMPLETION_INDEX + CONJURE_SHARD_COUNT.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// Redo outputs that already exist.
+        #[arg(long)]
+        overwrite: bool,
+        /// No progress output (warnings and failures only).
+        #[arg(long, short)]
+        quiet: bool,
+        /// Manifest file (default <output>/conjure-manifest.jsonl).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// Parse and check a spec and its model card; do no work.
+    Validate {
+        spec: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Make measurements y = H x + noise from clean images (and write the masks used).
+    Degrade {
+        spec: PathBuf,
+        /// Directory (or file) of clean images.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where the measurements go (same relative paths, same format and bit depth).
+        #[arg(long)]
+        output: PathBuf,
+        /// Where inpainting masks go (default: <output>-masks).
+        #[arg(long)]
+        masks: Option<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Model directories.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// Show the card, graph inputs/outputs and engine, and check the VJP against finite differences.
+    Inspect {
+        /// A directory holding model.yaml.
+        dir: PathBuf,
+    },
+}
+
+/// An error that maps to an exit status.
+struct Failure {
+    code: i32,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            code: EXIT_USAGE,
+            error: e.into(),
+        }
+    }
+}
+
+/// Parse the arguments, run, print errors; returns the exit status.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+        }
+    };
+    let quiet = matches!(cli.command, Command::Run { quiet: true, .. });
+    init_logging(quiet);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("conjure: error: {:#}", f.error);
+            f.code
+        }
+    }
+}
+
+fn init_logging(quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn overrides(set: &[String]) -> Result<Vec<Override>, Failure> {
+    Ok(set
+        .iter()
+        .map(|s| Override::parse(s))
+        .collect::<conjure::Result<Vec<_>>>()?)
+}
+
+fn load_spec(path: &Path, set: &[String]) -> Result<PipelineSpec, Failure> {
+    Ok(PipelineSpec::load(path, &overrides(set)?)?)
+}
+
+fn dispatch(cmd: Command) -> Result<i32, Failure> {
+    match cmd {
+        Command::Run {
+            spec,
+            input,
+            output,
+            set,
+            shard,
+            overwrite,
+            quiet,
+            manifest,
+        } => {
+            let spec = load_spec(&spec, &set)?;
+            let shard = match shard {
+                Some(s) => Some(Shard::parse(&s)?),
+                None => Shard::from_env(|k| std::env::var(k).ok())?,
+            };
+            let progress = if quiet {
+                ProgressMode::Quiet
+            } else if std::io::stderr().is_terminal() {
+                ProgressMode::Bars
+            } else {
+                ProgressMode::Log
+            };
+            let opts = RunOptions {
+                input,
+                output,
+                overwrite,
+                shard,
+                manifest,
+                progress,
+            };
+            let s = pipeline::run(&spec, &opts)?;
+            let line = format!(
+                "restored {}, skipped {}, failed {} in {:.1} s (engine {}) -> {}",
+                s.restored,
+                s.skipped,
+                s.failed,
+                s.seconds,
+                s.engine,
+                s.output.display()
+            );
+            if s.failed > 0 {
+                eprintln!("conjure: {line}");
+                eprintln!("failed inputs (details in {}):", s.manifest.display());
+                for (p, e) in &s.failures {
+                    eprintln!("  {}: {e}", p.display());
+                }
+                Ok(EXIT_FAILED_INPUTS)
+            } else {
+                if !quiet {
+                    eprintln!("conjure: {line}");
+                }
+                Ok(EXIT_OK)
+            }
+        }
+        Command::Validate { spec: path, set } => {
+            let spec = load_spec(&path, &set)?;
+            let card = ModelCard::load(&spec.model)
+                .with_context(|| format!("model {}", spec.model.display()))?;
+            pipeline::check_model(&spec, card.model_kind(), card.graphs.vjp.is_some())?;
+            let schedule = card.model_schedule(&spec.model)?;
+            let sampler = conjure::samplers::build(&spec.sampler_config(), &schedule)?;
+            println!("{}: ok", path.display());
+            println!(
+                "  model    {} ({}, {}x{}x{})",
+                card.name,
+                spec.model.display(),
+                card.image.channels,
+                card.image.height,
+                card.image.width
+            );
+            println!(
+                "  task     {}{}",
+                spec.task.operator.as_str(),
+                if spec.task.operator.is_sr() {
+                    format!(" x{}", spec.task.scale)
+                } else {
+                    String::new()
+                }
+            );
+            println!("  sampler  {} ({} NFE/image)", sampler.name(), sampler.nfe());
+            for (what, p) in [("input", &spec.io.input), ("output", &spec.io.output)] {
+                if let Some(p) = p {
+                    println!("  {what:<8} {}", p.display());
+                }
+            }
+            println!("  hash     {}", spec.hash());
+            Ok(EXIT_OK)
+        }
+        Command::Degrade {
+            spec,
+            input,
+            output,
+            masks,
+            set,
+        } => {
+            let spec = load_spec(&spec, &set)?;
+            let card = ModelCard::load(&spec.model)
+                .with_context(|| format!("model {}", spec.model.display()))?;
+            let info = ModelInfo::from_card(&card, &spec.model)?;
+            let masks = masks.unwrap_or_else(|| {
+                let mut s = output.as_os_str().to_owned();
+                s.push("-masks");
+                PathBuf::from(s)
+            });
+            let build = |d: &conjure::operators::Degradation, s: [usize; 3]| d.build(s);
+            let s = pipeline::degrade(&spec, &info, &build, &input, &output, Some(&masks))?;
+            eprintln!(
+                "conjure: wrote {} measurements to {}{}",
+                s.written,
+                output.display(),
+                s.masks
+                    .map(|m| format!(" and their masks to {}", m.display()))
+                    .unwrap_or_default()
+            );
+            if s.failures.is_empty() {
+                Ok(EXIT_OK)
+            } else {
+                for (p, e) in &s.failures {
+                    eprintln!("  failed {}: {e}", p.display());
+                }
+                Ok(EXIT_FAILED_INPUTS)
+            }
+        }
+        Command::Model {
+            command: ModelCommand::Inspect { dir },
+        } => inspect::inspect(&dir).map_err(|e| Failure {
+            code: EXIT_USAGE,
+            error: anyhow!(e),
+        }),
+    }
+}
