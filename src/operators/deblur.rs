@@ -64,7 +64,12 @@ impl Deblur {
                 "a finite value > 0",
             ));
         }
-        Self::build("deblur-gaussian", x_shape, gaussian_kernel(size, sigma), threshold)
+        Self::build(
+            "deblur-gaussian",
+            x_shape,
+            gaussian_kernel(size, sigma),
+            threshold,
+        )
     }
 
     /// Box blur of odd `size` taps (each 1/size) for images (C, H, W).
@@ -87,7 +92,11 @@ impl Deblur {
         validate_x_shape(name, x_shape)?;
         let [c, h, w] = x_shape;
         let b_h = conv_matrix(h, &kernel);
-        let b_w = if w == h { b_h.clone() } else { conv_matrix(w, &kernel) };
+        let b_w = if w == h {
+            b_h.clone()
+        } else {
+            conv_matrix(w, &kernel)
+        };
         let inner = Separable::new(name, c, &b_h, &b_w, threshold)?;
         Ok(Deblur { inner, kernel })
     }

@@ -75,8 +75,9 @@ impl Factor {
             )));
         }
         let dense = nalgebra::DMatrix::from_fn(m, n, |i, j| a[[i, j]]);
-        let svd = nalgebra::SVD::try_new(dense, true, true, f64::EPSILON, 0)
-            .ok_or_else(|| Error::Numerical(format!("svd of the {what} matrix did not converge")))?;
+        let svd = nalgebra::SVD::try_new(dense, true, true, f64::EPSILON, 0).ok_or_else(|| {
+            Error::Numerical(format!("svd of the {what} matrix did not converge"))
+        })?;
         // `try_new` returns singular values sorted in descending order with U, Vᵀ permuted alike.
         let svd_u = svd.u.as_ref().expect("u requested");
         let svd_vt = svd.v_t.as_ref().expect("v_t requested");
@@ -94,11 +95,12 @@ impl Factor {
             // an orthonormal basis of the orthogonal complement to machine precision.
             let v1 = nalgebra::DMatrix::from_fn(n, m, |j, k| v[[j, k]]);
             let comp = nalgebra::DMatrix::<f64>::identity(n, n) - &v1 * v1.transpose();
-            let eig = nalgebra::SymmetricEigen::try_new(comp, f64::EPSILON, 0).ok_or_else(|| {
-                Error::Numerical(format!(
-                    "null-space completion of the {what} matrix did not converge"
-                ))
-            })?;
+            let eig =
+                nalgebra::SymmetricEigen::try_new(comp, f64::EPSILON, 0).ok_or_else(|| {
+                    Error::Numerical(format!(
+                        "null-space completion of the {what} matrix did not converge"
+                    ))
+                })?;
             let mut k = m;
             for (col, &lambda) in eig.eigenvalues.iter().enumerate() {
                 if lambda > 0.5 {
@@ -150,21 +152,20 @@ impl Factor {
         let v1 = v.slice(s![.., ..m]);
         let us = Array2::from_shape_fn((m, m), |(i, k)| u[[i, k]] * s[k]);
         let a_thr = us.dot(&v1.t());
-        let vs_inv = Array2::from_shape_fn((n, m), |(j, k)| {
-            if s[k] != 0.0 {
-                v1[[j, k]] / s[k]
-            } else {
-                0.0
-            }
-        });
+        let vs_inv =
+            Array2::from_shape_fn(
+                (n, m),
+                |(j, k)| {
+                    if s[k] != 0.0 {
+                        v1[[j, k]] / s[k]
+                    } else {
+                        0.0
+                    }
+                },
+            );
         let pinv = vs_inv.dot(&u.t());
-        let v_kept = Array2::from_shape_fn((n, m), |(j, k)| {
-            if s[k] != 0.0 {
-                v1[[j, k]]
-            } else {
-                0.0
-            }
-        });
+        let v_kept =
+            Array2::from_shape_fn((n, m), |(j, k)| if s[k] != 0.0 { v1[[j, k]] } else { 0.0 });
         let proj = v_kept.dot(&v_kept.t());
         let gram = vs_inv.dot(&vs_inv.t());
         Ok(Factor {
@@ -194,13 +195,7 @@ fn sandwich(left: ArrayView2<f64>, x: ArrayView3<f64>, right: ArrayView2<f64>) -
     let mut tmp = Array2::<f64>::zeros((left.nrows(), w));
     for c in 0..ch {
         general_mat_mul(1.0, &left, &x.index_axis(Axis(0), c), 0.0, &mut tmp);
-        general_mat_mul(
-            1.0,
-            &tmp,
-            &right,
-            0.0,
-            &mut out.index_axis_mut(Axis(0), c),
-        );
+        general_mat_mul(1.0, &tmp, &right, 0.0, &mut out.index_axis_mut(Axis(0), c));
     }
     out
 }

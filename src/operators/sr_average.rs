@@ -47,12 +47,17 @@ impl SrAverage {
         let ff = f as f64;
         let mut dct = vec![0.0; f * f];
         for k in 0..f {
-            let alpha = if k == 0 { (1.0 / ff).sqrt() } else { (2.0 / ff).sqrt() };
+            let alpha = if k == 0 {
+                (1.0 / ff).sqrt()
+            } else {
+                (2.0 / ff).sqrt()
+            };
             for p in 0..f {
                 dct[k * f + p] = if k == 0 {
                     alpha
                 } else {
-                    alpha * (std::f64::consts::PI * (2 * p + 1) as f64 * k as f64 / (2.0 * ff)).cos()
+                    alpha
+                        * (std::f64::consts::PI * (2 * p + 1) as f64 * k as f64 / (2.0 * ff)).cos()
                 };
             }
         }

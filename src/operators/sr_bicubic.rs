@@ -109,7 +109,11 @@ impl SrBicubic {
             }
         }
         let a_h = bicubic_matrix(h, scale);
-        let a_w = if w == h { a_h.clone() } else { bicubic_matrix(w, scale) };
+        let a_w = if w == h {
+            a_h.clone()
+        } else {
+            bicubic_matrix(w, scale)
+        };
         let inner = Separable::new("sr-bicubic", c, &a_h, &a_w, threshold)?;
         Ok(SrBicubic { inner, scale })
     }
@@ -134,7 +138,13 @@ mod tests {
     #[test]
     fn taps_match_table_for_factor_4() {
         let want = [
-            -0.00170898, -0.01098633, -0.01831055, -0.01196289, 0.02270508, 0.09741211, 0.18188477,
+            -0.00170898,
+            -0.01098633,
+            -0.01831055,
+            -0.01196289,
+            0.02270508,
+            0.09741211,
+            0.18188477,
             0.24096680,
         ];
         let t = bicubic_taps(4);
