@@ -91,36 +91,17 @@ impl Factor {
             }
         }
         if m < n {
-            // Complete the null space: the eigenvectors of I − V₁V₁ᵀ with eigenvalue 1 (the others are 0),
-            // an orthonormal basis of the orthogonal complement to machine precision.
+            // Complete the null space: V₁ = Q R (Householder QR, R invertible since V₁ is orthonormal), and
+            // the full n×n Q, formed by applying the m reflectors to the identity (O(n²m)), has columns
+            // m.. spanning the orthogonal complement of V₁'s columns.
             let v1 = nalgebra::DMatrix::from_fn(n, m, |j, k| v[[j, k]]);
-            let comp = nalgebra::DMatrix::<f64>::identity(n, n) - &v1 * v1.transpose();
-            let eig =
-                nalgebra::SymmetricEigen::try_new(comp, f64::EPSILON, 0).ok_or_else(|| {
-                    Error::Numerical(format!(
-                        "null-space completion of the {what} matrix did not converge"
-                    ))
-                })?;
-            let mut k = m;
-            for (col, &lambda) in eig.eigenvalues.iter().enumerate() {
-                if lambda > 0.5 {
-                    if k == n {
-                        return Err(Error::Numerical(format!(
-                            "null-space completion of the {what} matrix found too many vectors"
-                        )));
-                    }
-                    for j in 0..n {
-                        v[[j, k]] = eig.eigenvectors[(j, col)];
-                    }
-                    k += 1;
+            let qr = nalgebra::linalg::QR::new(v1);
+            let mut qt = nalgebra::DMatrix::<f64>::identity(n, n);
+            qr.q_tr_mul(&mut qt);
+            for k in m..n {
+                for j in 0..n {
+                    v[[j, k]] = qt[(k, j)];
                 }
-            }
-            if k != n {
-                return Err(Error::Numerical(format!(
-                    "null-space completion of the {what} matrix found {} of {} vectors",
-                    k - m,
-                    n - m
-                )));
             }
         }
 
