@@ -113,7 +113,7 @@ impl Deblur {
 }
 
 fn check_size(name: &str, size: usize) -> Result<()> {
-    if size == 0 || size % 2 == 0 {
+    if size == 0 || size.is_multiple_of(2) {
         return Err(Error::invalid(
             format!("{name} kernel size"),
             size,

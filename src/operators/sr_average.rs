@@ -35,7 +35,7 @@ impl SrAverage {
         }
         let [c, h, w] = x_shape;
         for (what, n) in [("height", h), ("width", w)] {
-            if n % scale != 0 {
+            if !n.is_multiple_of(scale) {
                 return Err(Error::invalid(
                     format!("sr-average image {what}"),
                     n,

@@ -100,7 +100,7 @@ impl SrBicubic {
         }
         let [c, h, w] = x_shape;
         for (what, n) in [("height", h), ("width", w)] {
-            if n % scale != 0 {
+            if !n.is_multiple_of(scale) {
                 return Err(Error::invalid(
                     format!("sr-bicubic image {what}"),
                     n,
