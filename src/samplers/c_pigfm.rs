@@ -97,11 +97,7 @@ impl JacobianTerm {
         match s {
             "derived" => Ok(JacobianTerm::Derived),
             "official" => Ok(JacobianTerm::Official),
-            _ => Err(Error::invalid(
-                "c-pigfm variant",
-                s,
-                "derived or official",
-            )),
+            _ => Err(Error::invalid("c-pigfm variant", s, "derived or official")),
         }
     }
 
@@ -159,11 +155,7 @@ impl CPigfmParams {
 /// Check K and st for a flow grid t_i = st + i (1 − st)/K.
 pub(crate) fn validate_flow_grid(steps: usize, start_time: f64) -> Result<()> {
     if steps == 0 || steps > MAX_STEPS {
-        return Err(Error::invalid(
-            "steps",
-            steps,
-            format!("1..={MAX_STEPS}"),
-        ));
+        return Err(Error::invalid("steps", steps, format!("1..={MAX_STEPS}")));
     }
     if !(start_time > 0.0 && start_time < 1.0) {
         return Err(Error::invalid(
@@ -272,9 +264,7 @@ impl CPigfm {
                     d_i1: int(&|u| (lambda * u).exp())?,
                     d_i2: int(&|u| (lambda * u).exp() * b(u).exp_m1())?,
                     d_k1: int(&|u| w * u * (1.0 - u).powi(2) * (lambda * u).exp())?,
-                    d_k2: int(&|u| {
-                        w * u * (1.0 - u).powi(2) * (lambda * u).exp() * b(u).exp_m1()
-                    })?,
+                    d_k2: int(&|u| w * u * (1.0 - u).powi(2) * (lambda * u).exp() * b(u).exp_m1())?,
                     d_y1: int(&|u| w * u * (1.0 - u) * (lambda * u).exp())?,
                     d_y2: int(&|u| w * u * (1.0 - u) * (lambda * u).exp() * b(u).exp_m1())?,
                 })
