@@ -191,11 +191,12 @@ pub(crate) fn reject_unused(sampler: &str, cfg: &SamplerConfig) -> Result<()> {
     ];
     for (what, v) in unused {
         if let Some(v) = v {
-            return Err(Error::invalid(
-                what,
-                v,
-                format!("unset: {sampler} has no {what} (flows always integrate to t = 1)"),
-            ));
+            let expected = if what == "end_time" {
+                format!("unset: {sampler} always integrates to flow time 1")
+            } else {
+                format!("unset: {sampler} has no {what}")
+            };
+            return Err(Error::invalid(what, v, expected));
         }
     }
     Ok(())

@@ -40,7 +40,7 @@
 //! | setting | default | source |
 //! |---|---|---|
 //! | steps K | 5 | `--steps` argparse default of `flow/pgdm_rf.py` |
-//! | guidance w | 1 | the repository requires it; w = 1 is the unscaled ΠGDM guidance above, exact for unit-variance Gaussian data, and keeps explicit Euler stable at the default grid (Δ w (t² + (1 − t)²)/(t(1 − t)) ≤ w) |
+//! | guidance w | 1 | the repository requires it; w = 1 is the unscaled ΠGDM guidance above, exact for unit-variance Gaussian data, and keeps explicit Euler stable on the default grid, where Δ times the weight stays ≤ w at every t_i ≥ 0.6 |
 //! | start_time st | 0.6 | the same start as C-ΠGFM (`flow/run.sh` `skip_t`; argparse requires it) |
 //!
 //! Like C-ΠGFM, the guidance is noiseless: a problem's `sigma_y` is not used (a warning is logged).
