@@ -139,11 +139,36 @@ pub enum Degradation {
 impl Degradation {
     /// Build the operator for images of shape (C, H, W).
     pub fn build(&self, x_shape: [usize; 3]) -> Result<OperatorRef> {
-        let _ = x_shape;
-        Err(Error::Unsupported(format!(
-            "operator {self:?} not implemented yet"
-        )))
+        Ok(match self {
+            Degradation::Denoise => Arc::new(Denoise::new(x_shape)?),
+            Degradation::SrAverage { scale } => Arc::new(SrAverage::new(x_shape, *scale)?),
+            Degradation::SrBicubic { scale, threshold } => {
+                Arc::new(SrBicubic::new(x_shape, *scale, *threshold)?)
+            }
+            Degradation::Inpaint { mask } => Arc::new(Inpaint::new(x_shape, mask)?),
+            Degradation::DeblurGaussian {
+                size,
+                sigma,
+                threshold,
+            } => Arc::new(Deblur::gaussian(x_shape, *size, *sigma, *threshold)?),
+            Degradation::DeblurUniform { size, threshold } => {
+                Arc::new(Deblur::uniform(x_shape, *size, *threshold)?)
+            }
+            Degradation::Colorize => Arc::new(Colorize::new(x_shape)?),
+        })
     }
+}
+
+/// Check that an operator's image shape (C, H, W) has no zero dimension.
+pub(crate) fn validate_x_shape(op: &str, x_shape: [usize; 3]) -> Result<()> {
+    if x_shape.contains(&0) {
+        return Err(Error::invalid(
+            format!("{op} image shape"),
+            format!("{x_shape:?}"),
+            "nonzero channels, height and width",
+        ));
+    }
+    Ok(())
 }
 
 /// Check that `img` has shape `want`; used by operators on entry.
