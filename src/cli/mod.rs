@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use clap::{Parser, Subcommand};
 
 use conjure::model::card::ModelCard;
@@ -126,10 +126,23 @@ pub fn main() -> i32 {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(f) => {
-            eprintln!("conjure: error: {:#}", f.error);
+            eprintln!("conjure: error: {}", chain(&f.error));
             f.code
         }
     }
+}
+
+/// The error and its causes, skipping causes whose text the message already contains (library errors
+/// embed their source in their own message).
+fn chain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg = format!("{msg}: {c}");
+        }
+    }
+    msg
 }
 
 fn init_logging(quiet: bool) {
@@ -212,8 +225,7 @@ fn dispatch(cmd: Command) -> Result<i32, Failure> {
         }
         Command::Validate { spec: path, set } => {
             let spec = load_spec(&path, &set)?;
-            let card = ModelCard::load(&spec.model)
-                .with_context(|| format!("model {}", spec.model.display()))?;
+            let card = ModelCard::load(&spec.model)?;
             pipeline::check_model(&spec, card.model_kind(), card.graphs.vjp.is_some())?;
             let schedule = card.model_schedule(&spec.model)?;
             let sampler = conjure::samplers::build(&spec.sampler_config(), &schedule)?;
@@ -252,8 +264,7 @@ fn dispatch(cmd: Command) -> Result<i32, Failure> {
             set,
         } => {
             let spec = load_spec(&spec, &set)?;
-            let card = ModelCard::load(&spec.model)
-                .with_context(|| format!("model {}", spec.model.display()))?;
+            let card = ModelCard::load(&spec.model)?;
             let info = ModelInfo::from_card(&card, &spec.model)?;
             let masks = masks.unwrap_or_else(|| {
                 let mut s = output.as_os_str().to_owned();

@@ -867,51 +867,48 @@ fn run_inner(spec: &PipelineSpec, opts: &RunOptions, engine: &Engine) -> Result<
             .par_iter()
             .map(|job| ctx.prepare(job.clone()))
             .collect();
-        // Outcome per job of the window, in input order.
-        let mut outcome: Vec<Option<Outcome>> = vec![None; jobs.len()];
-        let mut ready: Vec<(usize, Prepared)> = Vec::new();
-        for (i, p) in prepared.into_iter().enumerate() {
+        let mut ready: Vec<Prepared> = Vec::new();
+        for p in prepared {
             match p {
-                Ok(p) => ready.push((i, p)),
-                Err((_, e, secs)) => outcome[i] = Some(Err((e.to_string(), secs))),
-            }
-        }
-        // Same-shape images share a sampler call; order within a group follows the input order.
-        let mut groups: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
-        for (k, (_, p)) in ready.iter().enumerate() {
-            groups.entry(p.op.x_shape().to_vec()).or_default().push(k);
-        }
-        let mut restored: Vec<Option<Result<(Img, usize, f64)>>> = (0..ready.len()).map(|_| None).collect();
-        for members in groups.values() {
-            for chunk in members.chunks(batch_size) {
-                let batch: Vec<&Prepared> = chunk.iter().map(|&k| &ready[k].1).collect();
-                for (&k, r) in chunk.iter().zip(ctx.sample(&batch)) {
-                    restored[k] = Some(r);
+                Ok(p) => ready.push(p),
+                Err((job, e, secs)) => {
+                    record(&mut summary, &job, "failed", Some(e.to_string()), 0, secs)?
                 }
             }
         }
-        let written: Vec<(usize, Outcome)> = ready
-            .par_iter()
-            .zip(restored.into_par_iter())
-            .map(|((i, p), r)| {
-                let t = Instant::now();
-                let r = match r.expect("every prepared image was sampled") {
-                    Ok((x, nfe, secs)) => ctx
-                        .write(p, &x)
-                        .map(|_| (nfe, p.seconds + secs + t.elapsed().as_secs_f64()))
-                        .map_err(|e| (e.to_string(), p.seconds + secs)),
-                    Err(e) => Err((e.to_string(), p.seconds)),
-                };
-                (*i, r)
-            })
-            .collect();
-        for (i, r) in written {
-            outcome[i] = Some(r);
+        // Same-shape images share a sampler call; order within a group follows the input order. Each
+        // batch is written as soon as it is sampled, so an interrupted run keeps all finished batches.
+        let mut groups: BTreeMap<[usize; 3], Vec<&Prepared>> = BTreeMap::new();
+        for p in &ready {
+            groups.entry(p.op.x_shape()).or_default().push(p);
         }
-        for (job, o) in jobs.iter().zip(outcome) {
-            match o.expect("every job has an outcome") {
-                Ok((nfe, secs)) => record(&mut summary, job, "restored", None, nfe, secs)?,
-                Err((msg, secs)) => record(&mut summary, job, "failed", Some(msg), 0, secs)?,
+        for members in groups.values() {
+            for batch in members.chunks(batch_size) {
+                let sampled = ctx.sample(batch);
+                let written: Vec<Outcome> = batch
+                    .par_iter()
+                    .zip(sampled.into_par_iter())
+                    .map(|(p, r)| {
+                        let t = Instant::now();
+                        match r {
+                            Ok((x, nfe, secs)) => ctx
+                                .write(p, &x)
+                                .map(|_| (nfe, p.seconds + secs + t.elapsed().as_secs_f64()))
+                                .map_err(|e| (e.to_string(), p.seconds + secs)),
+                            Err(e) => Err((e.to_string(), p.seconds)),
+                        }
+                    })
+                    .collect();
+                for (p, o) in batch.iter().zip(written) {
+                    match o {
+                        Ok((nfe, secs)) => {
+                            record(&mut summary, &p.job, "restored", None, nfe, secs)?
+                        }
+                        Err((msg, secs)) => {
+                            record(&mut summary, &p.job, "failed", Some(msg), 0, secs)?
+                        }
+                    }
+                }
             }
         }
     }

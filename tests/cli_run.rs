@@ -1,0 +1,306 @@
+//! `conjure degrade` + `conjure run` end to end with the shipped models and specs: every pipeline runs,
+//! a corrupt input fails alone (exit 1), a killed run resumes to identical outputs, outputs do not depend
+//! on batch size or thread count, 16-bit and ICC are carried.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use conjure::imageio::{self, EncodeOptions, FileFormat, Picture};
+use ndarray::Array3;
+
+fn conjure() -> Command {
+    let mut c = Command::cargo_bin("conjure").unwrap();
+    // Tests use the embedded engine so they run the same everywhere.
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn spec(name: &str) -> PathBuf {
+    root().join("pipelines").join(name)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A Fashion-MNIST-like synthetic item: a bright blob with texture on a dark background, in [0, 1].
+fn item(k: usize, h: usize, w: usize) -> Array3<f64> {
+    Array3::from_shape_fn((1, h, w), |(_, i, j)| {
+        let (ci, cj) = (h as f64 / 2.0 + (k % 3) as f64, w as f64 / 2.0 - (k % 4) as f64);
+        let r = (((i as f64 - ci) / 9.0).powi(2) + ((j as f64 - cj) / (6.0 + k as f64 % 5.0)).powi(2)).sqrt();
+        let v = if r < 1.0 { 0.6 + 0.3 * ((i * 3 + j * (k + 1)) % 7) as f64 / 7.0 } else { 0.0 };
+        v
+    })
+}
+
+fn write_png(path: &Path, color: Array3<f64>, depth: u8, icc: Option<Vec<u8>>) {
+    let pic = Picture {
+        color,
+        alpha: None,
+        bit_depth: depth,
+        format: FileFormat::Png,
+        icc,
+        exif: None,
+    };
+    let bytes = imageio::encode(
+        &pic,
+        EncodeOptions {
+            format: FileFormat::Png,
+            bit_depth: depth,
+            jpeg_quality: 95,
+        },
+        path,
+    )
+    .unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn make_clean(dir: &Path, n: usize) {
+    for k in 0..n {
+        let sub = if k % 2 == 0 { "" } else { "odd/" };
+        write_png(&dir.join(format!("{sub}item{k:02}.png")), item(k, 32, 32), 8, None);
+    }
+}
+
+fn degrade(spec: &Path, clean: &Path, y: &Path) {
+    let out = conjure()
+        .arg("degrade")
+        .arg(spec)
+        .arg("--input")
+        .arg(clean)
+        .arg("--output")
+        .arg(y)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "degrade {}: {}", spec.display(), stderr(&out));
+}
+
+fn run(spec: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    conjure()
+        .arg("run")
+        .arg(spec)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(["--set", "runtime.engine=tract", "--quiet"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// Relative path → bytes of every output image (manifest excluded).
+fn outputs(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v = Vec::new();
+    for e in walkdir::WalkDir::new(dir) {
+        let e = e.unwrap();
+        if e.file_type().is_file() && e.file_name() != "conjure-manifest.jsonl" {
+            v.push((
+                e.path().strip_prefix(dir).unwrap().to_path_buf(),
+                std::fs::read(e.path()).unwrap(),
+            ));
+        }
+    }
+    v.sort();
+    v
+}
+
+fn manifest(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("conjure-manifest.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn every_shipped_pipeline_degrades_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = tmp.path().join("clean");
+    make_clean(&clean, 2);
+    let mut specs: Vec<_> = std::fs::read_dir(root().join("pipelines"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    specs.sort();
+    for s in specs {
+        let name = s.file_stem().unwrap().to_string_lossy().into_owned();
+        let y = tmp.path().join(format!("{name}-y"));
+        degrade(&s, &clean, &y);
+        let side = if name.starts_with("sr4") { 8 } else { 32 };
+        let yimg = imageio::decode(&y.join("item00.png")).unwrap();
+        assert_eq!(yimg.size(), (side, side), "{name}");
+        let out = tmp.path().join(format!("{name}-out"));
+        let o = run(&s, &y, &out, &["--set", "sampler.steps=2"]);
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
+        let got = outputs(&out);
+        assert_eq!(got.len(), 2, "{name}");
+        for (rel, _) in &got {
+            let r = imageio::decode(&out.join(rel)).unwrap();
+            assert_eq!(r.size(), (32, 32), "{name} {}", rel.display());
+        }
+        let m = manifest(&out);
+        assert!(m.iter().all(|r| r["status"] == "restored" && r["nfe"].as_u64().unwrap() >= 1), "{name}");
+    }
+}
+
+#[test]
+fn a_corrupt_input_fails_alone_with_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = tmp.path().join("clean");
+    make_clean(&clean, 3);
+    let y = tmp.path().join("y");
+    degrade(&spec("sr4-c-pigdm.yaml"), &clean, &y);
+    std::fs::write(y.join("odd/broken.png"), b"\x89PNG\r\n\x1a\nthis is not an image").unwrap();
+    let out = tmp.path().join("out");
+    let o = run(&spec("sr4-c-pigdm.yaml"), &y, &out, &["--set", "sampler.steps=2"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("broken.png"), "{}", stderr(&o));
+    assert_eq!(outputs(&out).len(), 3);
+    let m = manifest(&out);
+    let failed: Vec<_> = m.iter().filter(|r| r["status"] == "failed").collect();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]["input"].as_str().unwrap().ends_with("broken.png"));
+    assert!(!failed[0]["error"].as_str().unwrap().is_empty());
+    assert_eq!(m.iter().filter(|r| r["status"] == "restored").count(), 3);
+}
+
+#[test]
+fn outputs_do_not_depend_on_batch_size_or_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = tmp.path().join("clean");
+    make_clean(&clean, 10);
+    let y = tmp.path().join("y");
+    degrade(&spec("sr4-c-pigdm.yaml"), &clean, &y);
+    let mut reference = None;
+    for (batch, threads) in [(1, 1), (7, 2), (16, 1), (16, 2)] {
+        let out = tmp.path().join(format!("out-{batch}-{threads}"));
+        let o = conjure()
+            .arg("run")
+            .arg(spec("sr4-c-pigdm.yaml"))
+            .arg("--input")
+            .arg(&y)
+            .arg("--output")
+            .arg(&out)
+            .env("RAYON_NUM_THREADS", threads.to_string())
+            .args([
+                "--quiet",
+                "--set",
+                "runtime.engine=tract",
+                "--set",
+                "sampler.steps=3",
+                "--set",
+                &format!("runtime.batch_size={batch}"),
+                "--set",
+                &format!("runtime.threads={threads}"),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let got = outputs(&out);
+        assert_eq!(got.len(), 10);
+        match &reference {
+            None => reference = Some(got),
+            Some(r) => assert!(*r == got, "batch {batch}, threads {threads}: outputs differ"),
+        }
+    }
+}
+
+#[test]
+fn a_killed_run_resumes_to_complete_identical_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = tmp.path().join("clean");
+    make_clean(&clean, 12);
+    let s = spec("denoise-c-pigdm.yaml");
+    let y = tmp.path().join("y");
+    degrade(&s, &clean, &y);
+    let args = ["--set", "sampler.steps=8", "--set", "runtime.batch_size=1"];
+    let full = tmp.path().join("full");
+    let o = run(&s, &y, &full, &args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let reference = outputs(&full);
+    assert_eq!(reference.len(), 12);
+
+    let out = tmp.path().join("out");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("conjure"))
+        .arg("run")
+        .arg(&s)
+        .arg("--input")
+        .arg(&y)
+        .arg("--output")
+        .arg(&out)
+        .args(["--quiet", "--set", "runtime.engine=tract"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let n = if out.exists() {
+            outputs(&out)
+                .iter()
+                .filter(|(p, _)| !imageio::is_temp_path(p))
+                .count()
+        } else {
+            0
+        };
+        if n >= 2 || t0.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let partial = outputs(&out)
+        .into_iter()
+        .filter(|(p, _)| !imageio::is_temp_path(p))
+        .count();
+    assert!(partial < 12, "the run finished before it could be killed");
+    // Whatever the kill left (complete outputs, maybe a temporary), every complete output is correct.
+    for (rel, bytes) in outputs(&out) {
+        if !imageio::is_temp_path(&rel) {
+            assert!(reference.contains(&(rel.clone(), bytes)), "{} is torn", rel.display());
+        }
+    }
+    let o = run(&s, &y, &out, &args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(outputs(&out), reference, "resumed outputs differ, or temporaries remain");
+    let m = manifest(&out);
+    let skipped = m.iter().filter(|r| r["status"] == "skipped").count();
+    assert!(skipped >= partial);
+}
+
+#[test]
+fn sixteen_bit_and_icc_are_carried_through_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let y = tmp.path().join("y");
+    let icc = b"an embedded colour profile, carried byte for byte".to_vec();
+    let img = item(3, 32, 32).mapv(|v| 0.1 + 0.8 * v + 1.0 / 65535.0);
+    write_png(&y.join("deep.png"), img, 16, Some(icc.clone()));
+    let out = tmp.path().join("out");
+    let o = run(&spec("denoise-c-pigdm.yaml"), &y, &out, &["--set", "sampler.steps=2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r = imageio::decode(&out.join("deep.png")).unwrap();
+    assert_eq!(r.bit_depth, 16);
+    assert_eq!(r.icc, Some(icc));
+    let o = run(
+        &spec("denoise-c-pigdm.yaml"),
+        &y,
+        &tmp.path().join("out8"),
+        &["--set", "sampler.steps=2", "--set", "io.bit_depth=8"],
+    );
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(imageio::decode(&tmp.path().join("out8/deep.png")).unwrap().bit_depth, 8);
+}
