@@ -10,8 +10,16 @@ use assert_cmd::Command;
 use conjure::imageio::{self, EncodeOptions, FileFormat, Picture};
 use ndarray::Array3;
 
+/// The binary under test: `CONJURE_TEST_BIN` if set (for target folders shared by several checkouts,
+/// where `target/release/conjure` may belong to another one), else cargo's own.
+fn bin() -> std::path::PathBuf {
+    std::env::var_os("CONJURE_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_conjure").into())
+}
+
 fn conjure() -> Command {
-    let mut c = Command::cargo_bin("conjure").unwrap();
+    let mut c = Command::new(bin());
     // Tests use the embedded engine so they run the same everywhere.
     c.env_remove("RUST_LOG");
     c
@@ -230,7 +238,7 @@ fn a_killed_run_resumes_to_complete_identical_outputs() {
     assert_eq!(reference.len(), 12);
 
     let out = tmp.path().join("out");
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("conjure"))
+    let mut child = std::process::Command::new(bin())
         .arg("run")
         .arg(&s)
         .arg("--input")

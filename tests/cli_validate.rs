@@ -5,8 +5,16 @@ use std::path::Path;
 
 use assert_cmd::Command;
 
+/// The binary under test: `CONJURE_TEST_BIN` if set (for target folders shared by several checkouts,
+/// where `target/release/conjure` may belong to another one), else cargo's own.
+fn bin() -> std::path::PathBuf {
+    std::env::var_os("CONJURE_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_conjure").into())
+}
+
 fn conjure() -> Command {
-    Command::cargo_bin("conjure").unwrap()
+    Command::new(bin())
 }
 
 fn write_spec(dir: &Path, body: &str) -> std::path::PathBuf {
