@@ -438,7 +438,7 @@ impl Ctx<'_> {
         }
         let p = PathBuf::from(s);
         Ok(match node.origin {
-            Origin::File { .. } if p.is_relative() => self.base_dir.join(p),
+            Origin::File { .. } if p.is_relative() => normalize(&self.base_dir.join(p)),
             _ => p,
         })
     }
@@ -535,6 +535,31 @@ impl Ctx<'_> {
                 names.join(", ")
             ),
         ))
+    }
+}
+
+/// Remove `.` and `name/..` pairs lexically (so `pipelines/../out` reads `out` in logs and manifests).
+/// Leading `..` components are kept; symbolic links are not resolved.
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.last() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) | Some(Component::Prefix(_)) => {}
+                _ => out.push(c),
+            },
+            _ => out.push(c),
+        }
+    }
+    if out.is_empty() {
+        PathBuf::from(".")
+    } else {
+        out.iter().collect()
     }
 }
 
