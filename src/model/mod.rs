@@ -150,35 +150,89 @@ impl<'a> Network<'a> {
             }
             JacobianMode::FiniteDifference => {
                 let out = self.raw(xs, t_net)?;
-                let mut plus = Vec::with_capacity(xs.len());
-                let mut minus = Vec::with_capacity(xs.len());
-                let mut hs = Vec::with_capacity(xs.len());
-                for (x, m) in xs.iter().zip(ms) {
-                    let mr = rms(m);
-                    let h = if mr > 0.0 {
-                        self.fd_eps * (1.0 + rms(x)) / mr
-                    } else {
-                        0.0
-                    };
-                    plus.push(x + &(m * h));
-                    minus.push(x - &(m * h));
-                    hs.push(h);
-                }
-                let fp = self.raw(&plus, t_net)?;
-                let fm = self.raw(&minus, t_net)?;
-                let g = fp
-                    .into_iter()
-                    .zip(fm)
-                    .zip(hs)
-                    .map(|((p, q), h)| {
-                        if h > 0.0 {
-                            (p - q) / (2.0 * h)
-                        } else {
-                            Img::zeros(q.raw_dim())
-                        }
-                    })
-                    .collect();
+                let g = self.fd_jt(xs, t_net, ms)?;
                 Ok((out, g))
+            }
+        }
+    }
+
+    /// J_netᵀ m alone, for samplers that already hold the forward output at the same (x, t) — m usually
+    /// depends on it. Costs one VJP (`exact`), two forwards (`finite-difference`) or nothing (`identity`),
+    /// so a finite-difference step is 3 forwards in all.
+    pub fn raw_jt(&self, xs: &[Img], t_net: f64, ms: &[Img]) -> Result<Vec<Img>> {
+        match self.jacobian {
+            JacobianMode::Exact => Ok(self.raw_vjp(xs, t_net, ms)?.1),
+            JacobianMode::Identity => Ok(xs.iter().map(|x| Img::zeros(x.raw_dim())).collect()),
+            JacobianMode::FiniteDifference => self.fd_jt(xs, t_net, ms),
+        }
+    }
+
+    fn fd_jt(&self, xs: &[Img], t_net: f64, ms: &[Img]) -> Result<Vec<Img>> {
+        let mut plus = Vec::with_capacity(xs.len());
+        let mut minus = Vec::with_capacity(xs.len());
+        let mut hs = Vec::with_capacity(xs.len());
+        for (x, m) in xs.iter().zip(ms) {
+            let mr = rms(m);
+            let h = if mr > 0.0 {
+                self.fd_eps * (1.0 + rms(x)) / mr
+            } else {
+                0.0
+            };
+            plus.push(x + &(m * h));
+            minus.push(x - &(m * h));
+            hs.push(h);
+        }
+        let fp = self.raw(&plus, t_net)?;
+        let fm = self.raw(&minus, t_net)?;
+        Ok(fp
+            .into_iter()
+            .zip(fm)
+            .zip(hs)
+            .map(|((p, q), h)| {
+                if h > 0.0 {
+                    (p - q) / (2.0 * h)
+                } else {
+                    Img::zeros(q.raw_dim())
+                }
+            })
+            .collect())
+    }
+
+    /// J_εᵀ m alone (see [`raw_jt`](Self::raw_jt)), for a diffusion model of any parameterization.
+    pub fn eps_jt(
+        &self,
+        xs: &[Img],
+        t_net: f64,
+        mu: f64,
+        sigma: f64,
+        ms: &[Img],
+    ) -> Result<Vec<Img>> {
+        let g = self.raw_jt(xs, t_net, ms)?;
+        match self.param {
+            Parameterization::Eps => Ok(g),
+            // ε = (x − μ x̂₀)/σ ⇒ J_εᵀ m = (m − μ J_x0ᵀ m)/σ.
+            Parameterization::X0 => Ok(ms
+                .iter()
+                .zip(g)
+                .map(|(m, g)| (m - &(g * mu)) / sigma)
+                .collect()),
+            Parameterization::Velocity => Err(Error::Unsupported(
+                "velocity model used as a diffusion model".into(),
+            )),
+        }
+    }
+
+    /// J_vᵀ m alone (see [`raw_jt`](Self::raw_jt)), for a flow model of any parameterization.
+    pub fn velocity_jt(&self, xs: &[Img], t: f64, ms: &[Img]) -> Result<Vec<Img>> {
+        let g = self.raw_jt(xs, self.time.flow(t), ms)?;
+        match self.param {
+            Parameterization::Velocity => Ok(g),
+            // v = (x̂₁ − x)/(1 − t) ⇒ J_vᵀ m = (J_x1ᵀ m − m)/(1 − t).
+            Parameterization::X0 => {
+                Ok(ms.iter().zip(g).map(|(m, g)| (g - m) / (1.0 - t)).collect())
+            }
+            Parameterization::Eps => {
+                Err(Error::Unsupported("eps model used as a flow model".into()))
             }
         }
     }
