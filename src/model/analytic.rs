@@ -186,9 +186,10 @@ impl GaussianDiffusion {
         let (mu, s) = self.level.mu_sigma(t_net);
         match self.param {
             Parameterization::Eps => self.prior.apply_diag(cot, |l| s / (mu * mu * l + s * s)),
+            // x̂₀ = m + μ λ C⁻¹ (x − μ m) ⇒ ∂x̂₀/∂x = μ λ C⁻¹ (the skeleton had μ², fixed).
             _ => self
                 .prior
-                .apply_diag(cot, |l| mu * mu * l / (mu * mu * l + s * s)),
+                .apply_diag(cot, |l| mu * l / (mu * mu * l + s * s)),
         }
     }
 }
@@ -258,7 +259,8 @@ impl GaussianFlow {
 
     fn jt(&self, cot: &Img, t_net: f64) -> Img {
         let t = self.flow_time(t_net);
-        let jx1 = move |l: f64| t * t * l / (t * t * l + (1.0 - t).powi(2));
+        // x̂₁ = m + t λ S⁻¹ (x − t m) ⇒ ∂x̂₁/∂x = t λ S⁻¹ (the skeleton had t², fixed).
+        let jx1 = move |l: f64| t * l / (t * t * l + (1.0 - t).powi(2));
         match self.param {
             Parameterization::Velocity => {
                 self.prior.apply_diag(cot, |l| (jx1(l) - 1.0) / (1.0 - t))
@@ -532,10 +534,14 @@ impl GaussianMixture {
                 .and(s)
                 .and(&yh)
                 .for_each(|mc, v, &mk, &si, &yi| {
-                    let den = sy2 + s2 * si * si;
-                    *mc = (sy2 * mk + s2 * si * yi) / den;
-                    *v = s2 * sy2 / den;
-                    if si != 0.0 {
+                    if si == 0.0 {
+                        // Not measured: the prior's coordinate, whatever σ_y.
+                        *mc = mk;
+                        *v = s2;
+                    } else {
+                        let den = sy2 + s2 * si * si;
+                        *mc = (sy2 * mk + s2 * si * yi) / den;
+                        *v = s2 * sy2 / den;
                         let r = yi - si * mk;
                         l += -0.5 * (2.0 * std::f64::consts::PI * den).ln() - 0.5 * r * r / den;
                     }
