@@ -2,6 +2,9 @@
 //! their forwards, the log density of the noised mixture, the single-Gaussian oracles, and a dense Bayesian
 //! posterior computed with nalgebra.
 
+// Component loops index several parallel arrays (weights, means, variances, dense results).
+#![allow(clippy::needless_range_loop)]
+
 use std::sync::Arc;
 
 use conjure::model::analytic::{
@@ -238,6 +241,9 @@ fn flow_velocity_is_finite_at_t_one() {
     assert!(max_abs_diff(&v.index_axis(Axis(0), 0).to_owned(), &x) < 1e-12);
 }
 
+/// (mixture oracle, single-Gaussian oracle, network time).
+type OraclePair = (Box<dyn Denoiser>, Box<dyn Denoiser>, f64);
+
 #[test]
 fn one_component_mixture_equals_isotropic_gaussian_oracles() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
@@ -251,7 +257,7 @@ fn one_component_mixture_equals_isotropic_gaussian_oracles() {
     )
     .unwrap();
     let level = NoiseLevel::VpUnit(VpContinuous::default());
-    let pairs: Vec<(Box<dyn Denoiser>, Box<dyn Denoiser>, f64)> = vec![
+    let pairs: Vec<OraclePair> = vec![
         (
             Box::new(
                 MixtureDiffusion::new(mix.clone(), level.clone(), Parameterization::Eps).unwrap(),

@@ -47,12 +47,15 @@ fn mixture(rng: &mut ChaCha8Rng) -> GaussianMixture {
     GaussianMixture::new(vec![0.3, 0.3, 0.4], means, vec![0.3, 0.5, 0.8]).unwrap()
 }
 
+/// An oracle, its parameterization, and whether it is nonlinear.
+type Oracle = (Box<dyn Denoiser>, Parameterization, bool);
+
 /// One diffusion oracle with its parameterization, and whether it is nonlinear.
-fn diffusion_oracles(rng: &mut ChaCha8Rng) -> Vec<(Box<dyn Denoiser>, Parameterization, bool)> {
+fn diffusion_oracles(rng: &mut ChaCha8Rng) -> Vec<Oracle> {
     let level = NoiseLevel::VpUnit(VpContinuous::default());
     let prior = gaussian_prior(rng);
     let mix = mixture(rng);
-    let mut out: Vec<(Box<dyn Denoiser>, Parameterization, bool)> = Vec::new();
+    let mut out: Vec<Oracle> = Vec::new();
     for p in [Parameterization::Eps, Parameterization::X0] {
         out.push((
             Box::new(GaussianDiffusion::new(prior.clone(), level.clone(), p).unwrap()),
@@ -68,10 +71,10 @@ fn diffusion_oracles(rng: &mut ChaCha8Rng) -> Vec<(Box<dyn Denoiser>, Parameteri
     out
 }
 
-fn flow_oracles(rng: &mut ChaCha8Rng) -> Vec<(Box<dyn Denoiser>, Parameterization, bool)> {
+fn flow_oracles(rng: &mut ChaCha8Rng) -> Vec<Oracle> {
     let prior = gaussian_prior(rng);
     let mix = mixture(rng);
-    let mut out: Vec<(Box<dyn Denoiser>, Parameterization, bool)> = Vec::new();
+    let mut out: Vec<Oracle> = Vec::new();
     for p in [Parameterization::Velocity, Parameterization::X0] {
         out.push((
             Box::new(GaussianFlow::new(prior.clone(), TimeInput::Unit, p).unwrap()),

@@ -25,6 +25,7 @@ use crate::operators::{Img, OperatorRef};
 use crate::schedules::{DdpmDiscrete, TimeInput, VpContinuous};
 
 /// An orthonormal basis V: `to_basis` = Vᵀ, `from_basis` = V.
+#[allow(clippy::wrong_self_convention)] // `from_basis` maps coordinates back through the basis `self`.
 pub trait Basis: Send + Sync {
     fn to_basis(&self, x: &Img) -> Img;
     fn from_basis(&self, c: &Img) -> Img;
@@ -106,7 +107,7 @@ impl GaussianPrior {
                 var.shape()
             )));
         }
-        if var.iter().any(|&v| !(v >= 0.0) || !v.is_finite()) {
+        if var.iter().any(|&v| v.is_nan() || v < 0.0 || !v.is_finite()) {
             return Err(Error::invalid(
                 "prior variance",
                 "entry",
@@ -468,19 +469,19 @@ impl GaussianMixture {
             .map(|k| st.gamma[k] * self.coefs(out, nu, rho, k, st.c[k]).0)
             .sum();
         let mut g = cot * alpha;
-        for k in 0..self.means.len() {
-            if st.gamma[k] == 0.0 {
+        for ((&gk, okk), ak) in st.gamma.iter().zip(&ok).zip(&st.a) {
+            if gk == 0.0 {
                 continue;
             }
-            let dot: f64 = ok[k]
+            let dot: f64 = okk
                 .iter()
                 .zip(&o_bar)
                 .zip(cot)
                 .map(|((o, ob), u)| (o - ob) * u)
                 .sum();
-            let coef = st.gamma[k] * dot;
+            let coef = gk * dot;
             ndarray::Zip::from(&mut g)
-                .and(&st.a[k])
+                .and(ak)
                 .and(&a_bar)
                 .for_each(|g, &ak, &ab| *g -= coef * (ak - ab));
         }

@@ -318,13 +318,13 @@ impl TiledDenoiser {
         let nt = plan.len();
         let mut tiles = Array4::zeros((b * nt, c, th, tw));
         let mut ts = Vec::with_capacity(b * nt);
-        for n in 0..b {
+        for (n, &tn) in t.iter().enumerate().take(b) {
             for k in 0..nt {
                 let (y0, x0) = plan.origin(k);
                 tiles
                     .index_axis_mut(Axis(0), n * nt + k)
                     .assign(&xp.slice(s![n, .., y0..y0 + th, x0..x0 + tw]));
-                ts.push(t[n]);
+                ts.push(tn);
             }
         }
         (tiles, ts)
