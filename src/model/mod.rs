@@ -11,6 +11,7 @@ use crate::operators::Img;
 use crate::schedules::TimeInput;
 
 pub mod analytic;
+pub mod tiled;
 
 /// Diffusion (ε / x₀ networks on a VP schedule) or rectified flow (velocity networks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
