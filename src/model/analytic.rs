@@ -184,7 +184,7 @@ impl GaussianDiffusion {
             Parameterization::Eps => self.prior.apply_diag(cot, |l| s / (mu * mu * l + s * s)),
             _ => self
                 .prior
-                .apply_diag(cot, |l| mu * mu * l / (mu * mu * l + s * s)),
+                .apply_diag(cot, |l| mu * l / (mu * mu * l + s * s)),
         }
     }
 }
@@ -254,7 +254,7 @@ impl GaussianFlow {
 
     fn jt(&self, cot: &Img, t_net: f64) -> Img {
         let t = self.flow_time(t_net);
-        let jx1 = move |l: f64| t * t * l / (t * t * l + (1.0 - t).powi(2));
+        let jx1 = move |l: f64| t * l / (t * t * l + (1.0 - t).powi(2));
         match self.param {
             Parameterization::Velocity => {
                 self.prior.apply_diag(cot, |l| (jx1(l) - 1.0) / (1.0 - t))
