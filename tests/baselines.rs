@@ -254,9 +254,9 @@ impl Moments {
             .map(|j| (0..3).map(|i| l[i] * self.cov[i][j]).sum())
             .collect();
         let var = (0..3).map(|j| l[j] * c[j]).sum::<f64>() + d * d;
-        for j in 0..2 {
-            self.cov[2][j] = c[j];
-            self.cov[j][2] = c[j];
+        for (j, &cj) in c.iter().enumerate().take(2) {
+            self.cov[2][j] = cj;
+            self.cov[j][2] = cj;
         }
         self.cov[2][2] = var;
         self.mean[2] = mean;
@@ -1194,10 +1194,7 @@ fn only_dps_needs_a_vjp_and_it_says_so_before_any_evaluation() {
     cfg.steps = Some(5);
     let dps = build(&cfg, &sched()).unwrap();
     let net = network(&den, Parameterization::Eps, JacobianMode::Exact);
-    let err = dps
-        .sample(&net, &mut problems())
-        .err()
-        .expect("exact mode needs a vjp");
+    let err = dps.sample(&net, &mut problems()).unwrap_err();
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
     assert_eq!(net.forwards(), 0);
     // Finite differences need no VJP graph.

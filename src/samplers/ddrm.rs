@@ -24,6 +24,10 @@
 //! the **output is x̂₀** of that step (no final data-consistency projection, as in the paper's code).
 //! One network forward per step, no VJP.
 //!
+//! What to expect (tests/baselines.rs, exact Gaussian oracle, σ_y = 0.05): the measured coordinates
+//! follow y at every step, but the output is x̂₀ after the last jump of the grid; at 20 steps that jump
+//! (σ ≈ 0.18 → 0.01) leaves rms(Hx̂ − y) ≈ 3.7 σ_y, at 200 steps ≈ 0.8 σ_y.
+//!
 //! Choices, where this differs from the official code:
 //! * σ_y' is the problem's σ_y, the measurement-noise std **on the model's value scale, with no
 //!   doubling**: the official diffusion scripts add 2σ_y noise to y and pass 2σ_y to DDRM (algorithms.md
