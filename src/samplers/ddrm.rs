@@ -6,7 +6,7 @@
 //! x-shaped spectral layout of [`LinearOperator`](crate::operators::LinearOperator)), and σ_y' for the
 //! measurement-noise std.
 //!
-//! **Init** at T = ts[last], coordinate by coordinate:
+//! **Init** at T = ts\[last\], coordinate by coordinate:
 //! * where s_k σ_T > σ_y': c_k ~ N(ȳ_k/s_k, σ_T² − σ_y'²/s_k²);
 //! * everywhere else (unmeasured, s_k = 0, or measured more noisily than the state): c_k ~ N(0, σ_T²);
 //!

@@ -1,7 +1,7 @@
 //! DPS — Diffusion Posterior Sampling (Chung, Kim, Mccann, Klasky & Ye, ICLR 2023, arXiv 2209.14687),
 //! as specified in algorithms.md §8.3, on the discrete DDPM schedule of §1.3.
 //!
-//! **Init** at T = ts[last]: x_T = √ᾱ_T H†y + √(1 − ᾱ_T) z.
+//! **Init** at T = ts\[last\]: x_T = √ᾱ_T H†y + √(1 − ᾱ_T) z.
 //!
 //! **Each step t → s** (μ_t = √ᾱ_t, σ_t = √(1 − ᾱ_t)):
 //! 1. ε̂ = ε_θ(x_t, t), x̂₀ = (x_t − σ_t ε̂)/μ_t;
