@@ -8,7 +8,7 @@
 //! 2. r = y − H x̂₀;
 //! 3. grad = ∇_{x_t} ‖r‖² = −2 J_x̂₀ᵀ Hᵀ r, with J_x̂₀ = ∂x̂₀/∂x_t = (I − σ_t J_ε)/μ_t, so
 //!    grad = −2 (Hᵀr − σ_t J_εᵀ Hᵀr)/μ_t; the network part J_εᵀ m comes from
-//!    [`Network::eps_vjp`], so the spec's Jacobian mode applies;
+//!    [`Network::eps_jt`], so the spec's Jacobian mode applies (without re-running the forward);
 //! 4. x_s = √ᾱ_s x̂₀ + c_noise z + c_eps ε̂ − (ζ/‖r‖) grad, with the DDIM coefficients of §8
 //!    c_noise = η √((1 − ᾱ_t/ᾱ_s)(1 − ᾱ_s)/(1 − ᾱ_t)) and c_eps = √(1 − ᾱ_s − c_noise²).
 //!
@@ -113,7 +113,7 @@ impl Dps {
             residual_norm.push(r.iter().map(|v| v * v).sum::<f64>().sqrt());
             ms.push(p.op.adjoint(&r));
         }
-        let (_, jt) = net.eps_vjp(xs, t_net, mu_t, sig_t, &ms)?;
+        let jt = net.eps_jt(xs, t_net, mu_t, sig_t, &ms)?;
         let grad = ms
             .iter()
             .zip(&jt)
