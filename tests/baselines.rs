@@ -1117,10 +1117,12 @@ fn configs_are_validated_and_defaults_documented() {
     assert_eq!(build(&config(SamplerName::Dps), &s).unwrap().nfe(), 1000);
     assert_eq!(build(&config(SamplerName::Ddnm), &s).unwrap().nfe(), 100);
     assert_eq!(build(&config(SamplerName::Pinv), &s).unwrap().nfe(), 0);
-    // steps that do not divide 1000: the official ddpm_uniform grid has more points than steps.
-    let mut c = config(SamplerName::Ddrm);
-    c.steps = Some(3);
-    assert_eq!(build(&c, &s).unwrap().nfe(), 4);
+    // steps that do not divide 1000 still give exactly `steps` network evaluations.
+    for steps in [3, 7, 999] {
+        let mut c = config(SamplerName::Ddrm);
+        c.steps = Some(steps);
+        assert_eq!(build(&c, &s).unwrap().nfe(), steps);
+    }
 
     for name in [SamplerName::Ddrm, SamplerName::Dps, SamplerName::Ddnm] {
         let flow = build(&config(name), &ModelSchedule::Flow);
