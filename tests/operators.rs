@@ -977,3 +977,56 @@ fn invalid_configurations_are_errors() {
         .unwrap_err();
     assert!(e.to_string().contains("multiple"), "{e}");
 }
+
+/// §14.1 item 8: a 1-d singular value within 1e-5 of the threshold is reported (margin and a warning).
+#[test]
+fn threshold_near_a_singular_value_warns() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let s = SrBicubic::new([1, 16, 16], 4, 0.0)
+        .unwrap()
+        .separable()
+        .row_singulars()
+        .to_vec();
+    let far = 0.5 * (s[1] + s[2]);
+    let near = s[2] + 1e-7;
+    for (t, expect_warning) in [(far, false), (near, true)] {
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let op = tracing::subscriber::with_default(subscriber, || {
+            SrBicubic::new([1, 16, 16], 4, t).unwrap()
+        });
+        let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            log.contains("WARN"),
+            expect_warning,
+            "threshold {t}: log {log:?}"
+        );
+        let margin = op.separable().threshold_margin();
+        assert_eq!(
+            margin < 1e-5,
+            expect_warning,
+            "threshold {t}: margin {margin:e}"
+        );
+        // Both thresholds lie above s[2], which is therefore dropped; s[1] is kept.
+        assert_eq!(op.separable().row_singulars()[2], 0.0);
+        assert_eq!(op.separable().row_singulars()[1], s[1]);
+    }
+}
