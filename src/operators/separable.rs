@@ -13,7 +13,9 @@
 //! * closed forms: H = A_h' ⊗ A_w' with A' = U diag(s) V_{:, :m}ᵀ the thresholded matrix, so
 //!   H x = A_h' X A_w'ᵀ, Hᵀ y = A_h'ᵀ Y A_w', H† y = A_h'⁺ Y A_w'⁺ᵀ (the pseudo-inverse of a Kronecker
 //!   product is the Kronecker product of the pseudo-inverses) and P x = P_h X P_w with P = A'⁺A'.
-//!   Those 1-D matrices are precomputed; each map costs two matrix products per channel.
+//!   Those 1-D maps are precomputed, each stored densely or, when the threshold leaves rank r with
+//!   r·(out + in) < out·in, as its two rank-r factors; a map costs two (or four thin) matrix products
+//!   per channel.
 //!
 //! Besides the user threshold, a 1-D singular value at or below the numerical-rank tolerance
 //! max(m, n)·ε·s_max is treated as 0 (otherwise H† would divide by rounding noise); with threshold 0
