@@ -128,7 +128,7 @@ impl ModelCard {
                 img.channels, img.height, img.width
             )));
         }
-        if !(img.value_range[0] < img.value_range[1]) {
+        if img.value_range[0].partial_cmp(&img.value_range[1]) != Some(std::cmp::Ordering::Less) {
             return Err(bad(format!(
                 "invalid value_range {:?} (expected [low, high] with low < high)",
                 img.value_range
