@@ -241,10 +241,13 @@ impl CPigdm {
     }
 
     /// A^noisy_{t_k} x = A_{t_k} x + c3(t_k) Q x (just A_{t_k} x when σ_y = 0).
+    ///
+    /// Evaluated as e^{c1}[(x − Px) + e^{c2} Px], equal to e^{c1}[x + (e^{c2} − 1)Px] but without the
+    /// cancellation of x + (e^{c2} − 1)x on the range of P, which the inverse would amplify by e^{−c2}.
     pub fn transform(&self, op: &dyn LinearOperator, k: usize, sigma_y: f64, x: &Img) -> Img {
-        let (e1, e2m1) = (self.c1[k].exp(), self.c2[k].exp_m1());
+        let (e1, e2) = (self.c1[k].exp(), self.c2[k].exp());
         let mut out = op.project(x);
-        out.zip_mut_with(x, |p, &x| *p = e1 * (x + e2m1 * *p));
+        out.zip_mut_with(x, |p, &x| *p = e1 * ((x - *p) + e2 * *p));
         let c3 = self.c3(k, sigma_y);
         if c3 != 0.0 {
             out.scaled_add(c3, &op.pinv_gram(x));
@@ -252,11 +255,11 @@ impl CPigdm {
         out
     }
 
-    /// A⁻¹_{t_k} x̄ = e^{−c1}[x̄ + (e^{−c2} − 1) P x̄].
+    /// A⁻¹_{t_k} x̄ = e^{−c1}[x̄ + (e^{−c2} − 1) P x̄], evaluated as e^{−c1}[(x̄ − Px̄) + e^{−c2} Px̄].
     fn inverse_noiseless(&self, op: &dyn LinearOperator, k: usize, xbar: &Img) -> Img {
-        let (e1, em2m1) = ((-self.c1[k]).exp(), (-self.c2[k]).exp_m1());
+        let (e1, em2) = ((-self.c1[k]).exp(), (-self.c2[k]).exp());
         let mut out = op.project(xbar);
-        out.zip_mut_with(xbar, |p, &xb| *p = e1 * (xb + em2m1 * *p));
+        out.zip_mut_with(xbar, |p, &xb| *p = e1 * ((xb - *p) + em2 * *p));
         out
     }
 
