@@ -561,3 +561,95 @@ fn batch_equals_each_problem_alone() {
     }
     assert!(max_abs_diff(&together[0], &together[2]) > 1e-3);
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Parameterizations and Jacobian modes
+
+/// The oracle's forward with its VJP replaced by zeros.
+struct NoJacobian<'a>(&'a dyn conjure::model::Denoiser);
+
+impl conjure::model::Denoiser for NoJacobian<'_> {
+    fn engine(&self) -> String {
+        "no-jacobian".into()
+    }
+    fn predict(
+        &self,
+        x: ndarray::ArrayView4<f64>,
+        t: &[f64],
+    ) -> conjure::Result<ndarray::Array4<f64>> {
+        self.0.predict(x, t)
+    }
+    fn has_vjp(&self) -> bool {
+        true
+    }
+    fn vjp(
+        &self,
+        x: ndarray::ArrayView4<f64>,
+        t: &[f64],
+        cot: ndarray::ArrayView4<f64>,
+    ) -> conjure::Result<(ndarray::Array4<f64>, ndarray::Array4<f64>)> {
+        Ok((self.0.predict(x, t)?, ndarray::Array4::zeros(cot.raw_dim())))
+    }
+}
+
+#[test]
+fn parameterizations_and_jacobian_modes() {
+    use conjure::model::analytic::{GaussianDiffusion, GaussianPrior, IdentityBasis, NoiseLevel};
+    use conjure::model::{JacobianMode, ModelKind, Network, Parameterization};
+    let (op, mean, var, x_true) = toy();
+    let z = randn(SHAPE, 90);
+    let mk = |param| {
+        let prior = GaussianPrior::new(
+            std::sync::Arc::new(IdentityBasis),
+            mean.clone(),
+            var.clone(),
+        )
+        .unwrap();
+        GaussianDiffusion::new(prior, NoiseLevel::VpUnit(vp()), param).unwrap()
+    };
+    let (eps_oracle, x0_oracle) = (mk(Parameterization::Eps), mk(Parameterization::X0));
+    let s = cpigdm(&SamplerConfig::new(SamplerName::CPigdm));
+    let run = |den: &dyn conjure::model::Denoiser, param, mode| {
+        let net = Network::new(den, ModelKind::Diffusion, param, TimeInput::Unit, mode);
+        let out = s
+            .sample(&net, &mut [problem(&op, &x_true, &z, 0)])
+            .unwrap()
+            .remove(0);
+        (out, net.forwards(), net.vjps())
+    };
+    // An x̂₀-network gives the same sampler as the equivalent ε-network.
+    let (a, fa, va) = run(&eps_oracle, Parameterization::Eps, JacobianMode::Exact);
+    let (b, _, _) = run(&x0_oracle, Parameterization::X0, JacobianMode::Exact);
+    assert_eq!((fa, va), (5, 5));
+    assert!(
+        max_abs_diff(&a, &b) < 1e-9 * norm(&a),
+        "{:e}",
+        max_abs_diff(&a, &b)
+    );
+    // Identity mode (J_net = 0) skips the VJP call and equals a zero network VJP.
+    for (den, param) in [
+        (
+            &eps_oracle as &dyn conjure::model::Denoiser,
+            Parameterization::Eps,
+        ),
+        (&x0_oracle, Parameterization::X0),
+    ] {
+        let (c, fc, vc) = run(den, param, JacobianMode::Identity);
+        let (d, _, _) = run(&NoJacobian(den), param, JacobianMode::Exact);
+        assert_eq!((fc, vc), (5, 0));
+        assert!(max_abs_diff(&c, &d) < 1e-12, "{param:?}");
+        assert!(max_abs_diff(&c, &a) > 1e-6, "the Jacobian term must matter");
+    }
+    // Finite differences approach the exact VJP (the oracle's Jacobian is symmetric).
+    let (e, fe, ve) = run(
+        &eps_oracle,
+        Parameterization::Eps,
+        JacobianMode::FiniteDifference,
+    );
+    assert_eq!((fe, ve), (15, 0));
+    assert!(
+        max_abs_diff(&e, &a) < 1e-6 * norm(&a),
+        "{:e}",
+        max_abs_diff(&e, &a)
+    );
+}

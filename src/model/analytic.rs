@@ -184,7 +184,7 @@ impl GaussianDiffusion {
             Parameterization::Eps => self.prior.apply_diag(cot, |l| s / (mu * mu * l + s * s)),
             _ => self
                 .prior
-                .apply_diag(cot, |l| mu * mu * l / (mu * mu * l + s * s)),
+                .apply_diag(cot, |l| mu * l / (mu * mu * l + s * s)),
         }
     }
 }
