@@ -25,7 +25,7 @@ const MASK: [f64; 6] = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0];
 struct TestInpaint(Diagonal);
 
 impl TestInpaint {
-    fn new() -> OperatorRef {
+    fn op() -> OperatorRef {
         Arc::new(TestInpaint(Diagonal::new(img(SHAPE, &MASK)).unwrap()))
     }
 }
@@ -123,7 +123,7 @@ fn w_zero_is_lambda_ddim_with_the_right_start() {
     let net = eps_net(&oracle, TimeInput::Unit);
     let vp = vp();
     let z = randn(SHAPE, 8);
-    let inpaint = TestInpaint::new();
+    let inpaint = TestInpaint::op();
     for lambda in [0.0, 0.4] {
         let p = continuous(6, 0.0, lambda, 0.5, 1e-6);
         let t = p.times().unwrap();
@@ -228,6 +228,7 @@ fn ddpm_oracle(mean: Img, var: Img) -> GaussianDiffusion {
     GaussianDiffusion::new(prior, NoiseLevel::DdpmIndex(ddpm), Parameterization::Eps).unwrap()
 }
 
+#[allow(clippy::too_many_arguments)]
 /// §8.1 with η = 0, coordinate by coordinate, with the Gaussian closed forms ε* = σ(x − μm)/C,
 /// x̂₀ = m + μλ(x − μm)/C, J_x̂₀ = μλ/C (C = μ²λ + σ²).
 fn discrete_reference(
@@ -289,7 +290,7 @@ fn discrete_steps_match_closed_form_recursion() {
 
 #[test]
 fn discrete_inpainting_is_data_consistent() {
-    let inpaint = TestInpaint::new();
+    let inpaint = TestInpaint::op();
     let plain = diag(SHAPE, &MASK);
     let (_, mean, var, x_true) = toy(3.0);
     let oracle = ddpm_oracle(mean.clone(), var.clone());
@@ -348,7 +349,7 @@ fn batch_equals_each_problem_alone() {
     );
     let net_c = eps_net(&oracle_c, TimeInput::Unit);
     let net_d = eps_net(&oracle_d, TimeInput::Index { timesteps: 1000 });
-    let ops = [diag(SHAPE, &S), TestInpaint::new(), diag(SHAPE, &[1.0; 6])];
+    let ops = [diag(SHAPE, &S), TestInpaint::op(), diag(SHAPE, &[1.0; 6])];
     let make = |i: usize| {
         let x = randn(SHAPE, 60 + i as u64);
         Problem::new(ops[i].clone(), ops[i].forward(&x), 0.0, 80 + i as u64).unwrap()
@@ -362,9 +363,9 @@ fn batch_equals_each_problem_alone() {
     ] {
         let mut batch: Vec<Problem> = (0..3).map(make).collect();
         let together = sampler.sample(net, &mut batch).unwrap();
-        for i in 0..3 {
+        for (i, t) in together.iter().enumerate() {
             let alone = sampler.sample(net, &mut [make(i)]).unwrap().remove(0);
-            assert!(max_abs_diff(&alone, &together[i]) <= 1e-12, "problem {i}");
+            assert!(max_abs_diff(&alone, t) <= 1e-12, "problem {i}");
         }
         assert!(max_abs_diff(&together[0], &together[2]) > 1e-3);
     }

@@ -320,7 +320,7 @@ pub fn time_grid(tau: f64, t_end: f64, steps: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Check a batch is non-empty-or-empty and shares one x shape.
+/// Check that a batch shares one x shape.
 pub(crate) fn check_batch(problems: &[Problem]) -> Result<()> {
     if let Some(first) = problems.first() {
         let shape = first.x_shape();
@@ -419,6 +419,9 @@ impl Sampler for CPigdm {
 
     fn sample(&self, net: &Network, problems: &mut [Problem]) -> Result<Vec<Img>> {
         check_batch(problems)?;
+        if problems.is_empty() {
+            return Ok(Vec::new());
+        }
         let vp = &self.vp;
         let tau = self.t[0];
         let (mu0, sigma0) = (vp.mu(tau), vp.sigma(tau));

@@ -78,6 +78,9 @@ impl Sampler for Ddim {
 
     fn sample(&self, net: &Network, problems: &mut [Problem]) -> Result<Vec<Img>> {
         super::c_pigdm::check_batch(problems)?;
+        if problems.is_empty() {
+            return Ok(Vec::new());
+        }
         let n = self.ddpm.len();
         let mut xs: Vec<Img> = problems.iter_mut().map(|p| p.init_noise()).collect();
         for j in (0..self.ts.len()).rev() {

@@ -259,6 +259,9 @@ impl Sampler for Pigdm {
 
     fn sample(&self, net: &Network, problems: &mut [Problem]) -> Result<Vec<Img>> {
         check_batch(problems)?;
+        if problems.is_empty() {
+            return Ok(Vec::new());
+        }
         match &self.form {
             Form::Continuous { vp, lambda, t, phi } => {
                 self.sample_continuous(net, problems, vp, *lambda, t, phi)
