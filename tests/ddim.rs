@@ -70,7 +70,8 @@ fn deterministic_ddim_matches_gaussian_closed_form() {
     let z = randn(SHAPE, 3);
     for steps in [1, 7, 50] {
         let out = run(&ddim(steps, 0.0), &z, 0.0);
-        let ts: Vec<i64> = (0..1000).step_by(1000 / steps).map(|i| i as i64).collect();
+        // `steps` points i·N/steps (the official ddpm_uniform grid when steps divides N).
+        let ts: Vec<i64> = (0..steps).map(|i| (i * 1000 / steps) as i64).collect();
         for i in 0..6 {
             let mut x = z.as_slice().unwrap()[i];
             for j in (0..ts.len()).rev() {

@@ -242,7 +242,7 @@ fn discrete_reference(
     inpaint: bool,
 ) -> Vec<f64> {
     let d = DdpmDiscrete::linear(1e-4, 0.02, 1000).unwrap();
-    let ts: Vec<i64> = (0..1000).step_by(1000 / steps).map(|i| i as i64).collect();
+    let ts: Vec<i64> = (0..steps).map(|i| (i * 1000 / steps) as i64).collect();
     (0..mean.len())
         .map(|i| {
             let hy = if s[i] != 0.0 { y[i] / s[i] } else { 0.0 };

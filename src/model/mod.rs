@@ -168,32 +168,35 @@ impl<'a> Network<'a> {
         }
     }
 
+    /// Central difference (f(x + h m) − f(x − h m)) / 2h, both probes in one batched call.
     fn fd_jt(&self, xs: &[Img], t_net: f64, ms: &[Img]) -> Result<Vec<Img>> {
-        let mut plus = Vec::with_capacity(xs.len());
-        let mut minus = Vec::with_capacity(xs.len());
-        let mut hs = Vec::with_capacity(xs.len());
-        for (x, m) in xs.iter().zip(ms) {
-            let mr = rms(m);
-            let h = if mr > 0.0 {
-                self.fd_eps * (1.0 + rms(x)) / mr
-            } else {
-                0.0
-            };
-            plus.push(x + &(m * h));
-            minus.push(x - &(m * h));
-            hs.push(h);
-        }
-        let fp = self.raw(&plus, t_net)?;
-        let fm = self.raw(&minus, t_net)?;
-        Ok(fp
-            .into_iter()
-            .zip(fm)
-            .zip(hs)
-            .map(|((p, q), h)| {
-                if h > 0.0 {
-                    (p - q) / (2.0 * h)
+        let hs: Vec<f64> = xs
+            .iter()
+            .zip(ms)
+            .map(|(x, m)| {
+                let mr = rms(m);
+                if mr > 0.0 {
+                    self.fd_eps * (1.0 + rms(x)) / mr
                 } else {
-                    Img::zeros(q.raw_dim())
+                    0.0
+                }
+            })
+            .collect();
+        let mut probes: Vec<Img> = xs
+            .iter()
+            .zip(ms)
+            .zip(&hs)
+            .map(|((x, m), &h)| x + &(m * h))
+            .collect();
+        probes.extend(xs.iter().zip(ms).zip(&hs).map(|((x, m), &h)| x - &(m * h)));
+        let f = self.raw(&probes, t_net)?;
+        let n = xs.len();
+        Ok((0..n)
+            .map(|i| {
+                if hs[i] > 0.0 {
+                    (&f[i] - &f[n + i]) / (2.0 * hs[i])
+                } else {
+                    Img::zeros(ms[i].raw_dim())
                 }
             })
             .collect())

@@ -39,7 +39,7 @@
 
 use super::{check_range, quad, ModelSchedule, Problem, Sampler, SamplerConfig};
 use crate::error::{Error, Result};
-use crate::model::{rms, JacobianMode, Network, Parameterization};
+use crate::model::Network;
 use crate::operators::{Img, LinearOperator};
 use crate::schedules::{linspace, VpContinuous};
 
@@ -338,9 +338,8 @@ pub(crate) fn check_batch(problems: &[Problem]) -> Result<()> {
 }
 
 /// One network forward ε̂ = ε_θ(x, t_net), then m_i = `m_of(i, ε̂_i)`, then g = J_εᵀ m in the network's
-/// Jacobian mode (one VJP). Returns (ε̂, m, g). In `identity` mode the second network call is skipped: J_ε
-/// is 0 for ε-networks and, for x̂₀-networks (ε = (x − μ x̂₀)/σ with J_x̂₀ dropped), J_εᵀ m = m/σ, exactly as
-/// [`Network::eps_vjp`] would return; in `finite-difference` mode the two probes run as one batch.
+/// Jacobian mode ([`Network::eps_jt`]: one VJP, two batched finite-difference probes, or none in
+/// `identity` mode). Returns (ε̂, m, g).
 pub(crate) fn eps_then_vjp(
     net: &Network,
     xs: &[Img],
@@ -351,48 +350,7 @@ pub(crate) fn eps_then_vjp(
 ) -> Result<(Vec<Img>, Vec<Img>, Vec<Img>)> {
     let eps = net.eps(xs, t_net, mu, sigma)?;
     let ms: Vec<Img> = eps.iter().enumerate().map(|(i, e)| m_of(i, e)).collect();
-    let g = match net.jacobian {
-        JacobianMode::Identity => match net.param {
-            Parameterization::X0 => ms.iter().map(|m| m / sigma).collect(),
-            _ => ms.iter().map(|m| Img::zeros(m.raw_dim())).collect(),
-        },
-        JacobianMode::FiniteDifference => {
-            // Central difference of ε itself: (ε(x + h m) − ε(x − h m))/2h with the step rule of
-            // `Network::raw_vjp`; ε is affine in the raw output, so this is J_εᵀ m for ε- and x̂₀-networks
-            // alike (J symmetric), at 2 extra forwards (one batch) instead of 3.
-            let hs: Vec<f64> = xs
-                .iter()
-                .zip(&ms)
-                .map(|(x, m)| {
-                    let mr = rms(m);
-                    if mr > 0.0 {
-                        net.fd_eps * (1.0 + rms(x)) / mr
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let mut probes: Vec<Img> = xs
-                .iter()
-                .zip(&ms)
-                .zip(&hs)
-                .map(|((x, m), &h)| x + &(m * h))
-                .collect();
-            probes.extend(xs.iter().zip(&ms).zip(&hs).map(|((x, m), &h)| x - &(m * h)));
-            let e = net.eps(&probes, t_net, mu, sigma)?;
-            let n = xs.len();
-            (0..n)
-                .map(|i| {
-                    if hs[i] > 0.0 {
-                        (&e[i] - &e[n + i]) / (2.0 * hs[i])
-                    } else {
-                        Img::zeros(ms[i].raw_dim())
-                    }
-                })
-                .collect()
-        }
-        JacobianMode::Exact => net.eps_vjp(xs, t_net, mu, sigma, &ms)?.1,
-    };
+    let g = net.eps_jt(xs, t_net, mu, sigma, &ms)?;
     Ok((eps, ms, g))
 }
 
