@@ -85,11 +85,12 @@ fn fmt_num(v: Option<f64>, digits: usize) -> String {
 /// Print the per-image table, the problems and the means.
 pub fn print_report(report: &EvalReport, quiet: bool) {
     let with_c = report.summary.consistency_count > 0;
+    let mean_label = format!("mean ({} images)", report.summary.count);
     let width = report
         .images
         .iter()
         .map(|r| r.name.chars().count())
-        .chain(["image".len(), 12])
+        .chain([mean_label.chars().count(), 12])
         .max()
         .unwrap_or(12);
     let header = |name: &str| {
@@ -137,7 +138,7 @@ pub fn print_report(report: &EvalReport, quiet: bool) {
     let s = &report.summary;
     let mut line = format!(
         "{:<width$}  {:>9}  {:>7}",
-        format!("mean ({} images)", s.count),
+        mean_label,
         fmt_num(s.psnr, 2),
         fmt_num(s.ssim, 4)
     );
