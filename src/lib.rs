@@ -27,6 +27,7 @@
 //! ```
 
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod operators;
 pub mod samplers;
