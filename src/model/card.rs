@@ -187,9 +187,10 @@ impl ModelCard {
         if mode == JacobianMode::Exact && self.graphs.vjp.is_none() {
             return Err(Error::Model {
                 path: dir.join("model.yaml"),
-                message: "jacobian: exact needs a vjp graph, and this card lists none under graphs \
+                message:
+                    "jacobian: exact needs a vjp graph, and this card lists none under graphs \
                           (add graphs.vjp, or use jacobian: finite-difference or identity)"
-                    .into(),
+                        .into(),
             });
         }
         Ok(())

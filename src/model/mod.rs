@@ -387,7 +387,9 @@ pub fn load(dir: &std::path::Path, opts: &RuntimeOptions) -> Result<LoadedModel>
         EngineChoice::Auto => match ort_available() {
             Ok(()) => load_ort(dir, &card, opts)?,
             Err(why) => {
-                tracing::info!("onnx runtime not available ({why}); using the embedded tract engine");
+                tracing::info!(
+                    "onnx runtime not available ({why}); using the embedded tract engine"
+                );
                 load_tract(dir, &card, opts)?
             }
         },

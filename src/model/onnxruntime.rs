@@ -89,10 +89,7 @@ pub fn find_library() -> std::result::Result<PathBuf, String> {
         if p.is_file() {
             return Ok(p);
         }
-        return Err(format!(
-            "ORT_DYLIB_PATH={} is not a file",
-            p.display()
-        ));
+        return Err(format!("ORT_DYLIB_PATH={} is not a file", p.display()));
     }
     looked.push("ORT_DYLIB_PATH (unset)".to_string());
     let py = python_site();
@@ -131,7 +128,8 @@ pub fn find_library() -> std::result::Result<PathBuf, String> {
             return Ok(f);
         }
     }
-    looked.push("the executable's directory, LD_LIBRARY_PATH and system library directories".into());
+    looked
+        .push("the executable's directory, LD_LIBRARY_PATH and system library directories".into());
     Err(format!(
         "no onnx runtime library found (looked in: {}); install it with \
          `python3 -m pip install onnxruntime==1.31.1` or set ORT_DYLIB_PATH",
@@ -281,7 +279,10 @@ fn preload_nvidia() -> &'static [PathBuf] {
             tracing::warn!("could not preload {}", p.display());
         }
         if !loaded.is_empty() {
-            tracing::info!("preloaded {} nvidia libraries from pip packages", loaded.len());
+            tracing::info!(
+                "preloaded {} nvidia libraries from pip packages",
+                loaded.len()
+            );
         }
         loaded
     })
@@ -334,7 +335,13 @@ impl OrtDenoiser {
             opts,
         )?;
         let vjp = match &card.graphs.vjp {
-            Some(g) => Some(OrtGraph::open(rt, &dir.join(g), GraphRole::Vjp, card, opts)?),
+            Some(g) => Some(OrtGraph::open(
+                rt,
+                &dir.join(g),
+                GraphRole::Vjp,
+                card,
+                opts,
+            )?),
             None => None,
         };
         Ok(OrtDenoiser {
@@ -439,7 +446,8 @@ impl OrtGraph {
             path: path.to_path_buf(),
             message,
         };
-        let ort_err = |what: &str, e: &dyn std::fmt::Display| err(format!("onnx runtime cannot {what}: {e}"));
+        let ort_err =
+            |what: &str, e: &dyn std::fmt::Display| err(format!("onnx runtime cannot {what}: {e}"));
         let (mut builder, registered) = session_builder(rt, path, opts)?;
         let gpu = registered.iter().any(|p| *p != Provider::Cpu);
         let profile_prefix = std::env::temp_dir().join(format!(
@@ -516,11 +524,10 @@ impl OrtGraph {
             })?;
         let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e));
         let _ = std::fs::remove_file(&file);
-        let events: serde_json::Value =
-            serde_json::from_str(&text?).map_err(|e| Error::Model {
-                path: PathBuf::from(&file),
-                message: format!("unreadable onnx runtime profile: {e}"),
-            })?;
+        let events: serde_json::Value = serde_json::from_str(&text?).map_err(|e| Error::Model {
+            path: PathBuf::from(&file),
+            message: format!("unreadable onnx runtime profile: {e}"),
+        })?;
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for ev in events.as_array().into_iter().flatten() {
             if ev.get("cat").and_then(|c| c.as_str()) != Some("Node") {
@@ -555,7 +562,10 @@ impl OrtGraph {
         }
         let mut session = self.session.lock().map_err(|_| Error::Engine {
             engine: "onnxruntime".into(),
-            message: format!("{}: session poisoned by an earlier panic", self.path.display()),
+            message: format!(
+                "{}: session poisoned by an earlier panic",
+                self.path.display()
+            ),
         })?;
         let outputs = session.run(inputs).map_err(eng)?;
         self.out_names

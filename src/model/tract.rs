@@ -103,7 +103,8 @@ impl Denoiser for TractDenoiser {
     ) -> Result<(Array4<f64>, Array4<f64>)> {
         let Some(g) = &self.vjp else {
             return Err(Error::Unsupported(
-                "tract: the model has no vjp graph; use jacobian: finite-difference or identity".into(),
+                "tract: the model has no vjp graph; use jacobian: finite-difference or identity"
+                    .into(),
             ));
         };
         let mut outs = run_batched(
