@@ -365,6 +365,16 @@ pub struct LoadedModel {
     pub denoiser: Box<dyn Denoiser>,
 }
 
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("dir", &self.dir)
+            .field("card", &self.card)
+            .field("engine", &self.denoiser.engine())
+            .finish()
+    }
+}
+
 /// Load a model directory (card + graphs) with the engine `opts` asks for.
 ///
 /// `engine: auto` takes ONNX Runtime when its library is found (`ORT_DYLIB_PATH`, an importable
