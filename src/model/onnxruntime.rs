@@ -448,18 +448,24 @@ impl OrtGraph {
         };
         let ort_err =
             |what: &str, e: &dyn std::fmt::Display| err(format!("onnx runtime cannot {what}: {e}"));
-        let (mut builder, registered) = session_builder(rt, path, opts)?;
-        let gpu = registered.iter().any(|p| *p != Provider::Cpu);
+        let img = &card.image;
+        let trt_shapes = |n: usize| {
+            let im = format!("{n}x{}x{}x{}", img.channels, img.height, img.width);
+            match role {
+                GraphRole::Forward => format!("x:{im},t:{n}"),
+                GraphRole::Vjp => format!("x:{im},t:{n},cotangent:{im}"),
+            }
+        };
+        let mut builder = session_builder(rt, path, opts, &trt_shapes)?;
+        // Profile the warm-up call: ONNX Runtime's own record of which provider ran each node.
         let profile_prefix = std::env::temp_dir().join(format!(
             "conjure-ort-profile-{}-{}",
             std::process::id(),
             PROFILE_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
-        if gpu {
-            builder = builder
-                .with_profiling(&profile_prefix)
-                .map_err(|e| ort_err("enable profiling", &e))?;
-        }
+        builder = builder
+            .with_profiling(&profile_prefix)
+            .map_err(|e| ort_err("enable profiling", &e))?;
         let session = builder
             .commit_from_file(path)
             .map_err(|e| ort_err("load the graph", &e))?;
@@ -475,24 +481,23 @@ impl OrtGraph {
             fixed_batch,
             out_names,
             has_cot: role == GraphRole::Vjp,
-            providers: vec!["cpu".into()],
+            providers: Vec::new(),
         };
-        if gpu {
-            graph.providers = graph.detect_providers(card)?;
-            let asked_cpu = opts.providers.contains(&Provider::Cpu);
-            if !asked_cpu && graph.providers.iter().any(|p| p == "cpu") {
-                return Err(err(format!(
-                    "providers {:?} exclude cpu, but onnx runtime runs part of the graph on cpu",
-                    opts.providers
-                )));
-            }
-            if graph.providers.first().map(String::as_str) == Some("cpu") {
-                tracing::warn!(
-                    "{}: gpu provider registered, but most nodes run on cpu ({})",
-                    path.display(),
-                    graph.providers.join("+")
-                );
-            }
+        graph.providers = graph.detect_providers(card)?;
+        let asked_cpu = opts.providers.contains(&Provider::Cpu);
+        if !asked_cpu && graph.providers.iter().any(|p| p == "cpu") {
+            return Err(err(format!(
+                "providers {:?} exclude cpu, but onnx runtime runs part of the graph on cpu",
+                opts.providers
+            )));
+        }
+        let gpu_asked = opts.providers.iter().any(|p| *p != Provider::Cpu);
+        if gpu_asked && graph.providers.first().map(String::as_str) == Some("cpu") {
+            tracing::warn!(
+                "{}: a gpu provider was asked for, but onnx runtime runs {} (cpu first)",
+                path.display(),
+                graph.providers.join("+")
+            );
         }
         tracing::info!(
             "{}: onnx runtime {} runs on {}",
@@ -587,13 +592,14 @@ impl OrtGraph {
 
 static PROFILE_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// A session builder with threads, optimization level and the providers registered in priority order.
-/// Returns the providers that registered.
+/// A session builder with threads, optimization level and the providers registered in priority order
+/// (`trt_shapes(n)` gives TensorRT's input shapes for batch size n).
 fn session_builder(
     rt: &OrtRuntime,
     path: &Path,
     opts: &RuntimeOptions,
-) -> Result<(SessionBuilder, Vec<Provider>)> {
+    trt_shapes: &dyn Fn(usize) -> String,
+) -> Result<SessionBuilder> {
     let err = |message: String| Error::Model {
         path: path.to_path_buf(),
         message,
@@ -625,7 +631,12 @@ fn session_builder(
     for &p in &opts.providers {
         let dispatch: ExecutionProviderDispatch = match p {
             Provider::TensorRt => {
-                let mut trt = ep::TensorRT::default();
+                // One engine for every batch size 1..=batch_size, so TensorRT never rebuilds it.
+                let max = opts.batch_size.max(1);
+                let mut trt = ep::TensorRT::default()
+                    .with_profile_min_shapes(trt_shapes(1))
+                    .with_profile_opt_shapes(trt_shapes(max))
+                    .with_profile_max_shapes(trt_shapes(max));
                 if let Some(dir) = &opts.trt_cache {
                     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
                     let d = dir.display().to_string();
@@ -665,7 +676,7 @@ fn session_builder(
             .with_disable_cpu_fallback()
             .map_err(|e| err(format!("onnx runtime cannot disable the cpu fallback: {e}")))?;
     }
-    Ok((builder, registered))
+    Ok(builder)
 }
 
 /// The session's declared inputs and outputs.
@@ -704,5 +715,61 @@ fn session_io(session: &Session) -> GraphIo {
             .iter()
             .map(|o| decl(o.name(), o.dtype()))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiling_stops_after_provider_detection() {
+        // Provider detection profiles one warm-up call; later calls must not keep profiling (that would
+        // grow memory over a long run and leave files behind).
+        if let Err(why) = runtime() {
+            assert!(
+                std::env::var("CONJURE_REQUIRE_ORT").map_or(true, |v| v != "1"),
+                "CONJURE_REQUIRE_ORT=1 but onnx runtime is not available: {why}"
+            );
+            eprintln!("NOTICE: skipped, onnx runtime not available ({why})");
+            return;
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist-ddpm");
+        let card = ModelCard::load(&dir).unwrap();
+        let opts = RuntimeOptions {
+            providers: vec![Provider::Cpu],
+            threads: 1,
+            ..RuntimeOptions::default()
+        };
+        let mut g = OrtGraph::open(
+            runtime().unwrap(),
+            &dir.join(&card.graphs.forward),
+            GraphRole::Forward,
+            &card,
+            &opts,
+        )
+        .unwrap();
+        assert_eq!(g.providers, vec!["cpu".to_string()]);
+        g.run(F32Chunk {
+            x: Array4::zeros((1, 1, 32, 32)),
+            t: ndarray::Array1::zeros(1),
+            cot: None,
+        })
+        .unwrap();
+        match g.session.get_mut().unwrap().end_profiling() {
+            Ok(name) => assert!(name.is_empty(), "profiling still on: {name}"),
+            Err(_) => {} // not profiling: also fine
+        }
+    }
+
+    #[test]
+    fn versions_parse_from_file_names() {
+        assert_eq!(
+            library_version(Path::new("/x/capi/libonnxruntime.so.1.31.1")).as_deref(),
+            Some("1.31.1")
+        );
+        assert_eq!(short_provider("CUDAExecutionProvider"), "cuda");
+        assert_eq!(short_provider("TensorrtExecutionProvider"), "tensorrt");
+        assert_eq!(short_provider("CPUExecutionProvider"), "cpu");
     }
 }
