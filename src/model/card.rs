@@ -164,9 +164,10 @@ impl ModelCard {
                 img.channels, img.height, img.width
             )));
         }
-        if !(img.value_range[0] < img.value_range[1]) {
+        let [low, high] = img.value_range;
+        if !(low.is_finite() && high.is_finite() && low < high) {
             return Err(bad(format!(
-                "invalid value_range {:?} (expected [low, high] with low < high)",
+                "invalid value_range {:?} (expected finite [low, high] with low < high)",
                 img.value_range
             )));
         }

@@ -480,6 +480,7 @@ pub(crate) struct F32Chunk {
 /// and the padding's outputs are dropped), run `call` on each chunk and reassemble its `n_out` outputs
 /// ([n, C, H, W] each) as f64. Each sample's result is computed from that sample alone.
 #[cfg_attr(not(any(feature = "tract", feature = "onnxruntime")), allow(dead_code))]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_batched(
     image: [usize; 3],
     x: ArrayView4<f64>,
