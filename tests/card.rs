@@ -159,6 +159,19 @@ graphs: {forward: denoiser.onnx}
     std::fs::write(dir.path().join("alphas.txt"), "0.999\n0.99\n0.9\n0.5\n").unwrap();
     let c = ModelCard::load(dir.path()).unwrap();
     assert!(matches!(c.schedule, CardSchedule::AlphasCumprod { .. }));
+    let from_text = c.model_schedule(dir.path()).unwrap();
+    // The same values as a float64 .npy file give the same schedule.
+    let card = card.replace("file: alphas.txt", "file: alphas.npy");
+    let dir = model_dir(&card);
+    ndarray_npy::write_npy(
+        dir.path().join("alphas.npy"),
+        &ndarray::arr1(&[0.999f64, 0.99, 0.9, 0.5]),
+    )
+    .unwrap();
+    let c = ModelCard::load(dir.path()).unwrap();
+    let from_npy = c.model_schedule(dir.path()).unwrap();
+    assert_eq!(format!("{from_text:?}"), format!("{from_npy:?}"));
+    assert!(format!("{from_npy:?}").contains("0.9"));
 }
 
 #[test]

@@ -354,13 +354,7 @@ impl ModelCard {
             },
             CardSchedule::AlphasCumprod { file } => {
                 let path = dir.join(file);
-                let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-                let vals: std::result::Result<Vec<f64>, _> =
-                    text.split_whitespace().map(str::parse).collect();
-                let vals = vals.map_err(|e| Error::Model {
-                    path: path.clone(),
-                    message: format!("not a list of numbers: {e}"),
-                })?;
+                let vals = read_alphas(&path)?;
                 let ddpm = DdpmDiscrete::from_alphas_cumprod(vals)?;
                 // Continuous samplers need a VP-SDE; fit the linear one whose endpoints match ᾱ's betas.
                 let n = ddpm.len();
@@ -428,4 +422,29 @@ fn show_dims(dims: &[Option<usize>]) -> String {
         .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
         .collect();
     format!("[{}]", parts.join(", "))
+}
+
+/// ᾱ values from a `.npy` file (1-D, float64 or float32) or a text file (one number per line).
+fn read_alphas(path: &Path) -> Result<Vec<f64>> {
+    let bad = |message: String| Error::Model {
+        path: path.to_path_buf(),
+        message,
+    };
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+    {
+        let f64s: std::result::Result<ndarray::Array1<f64>, _> = ndarray_npy::read_npy(path);
+        return match f64s {
+            Ok(a) => Ok(a.to_vec()),
+            Err(e64) => ndarray_npy::read_npy::<_, ndarray::Array1<f32>>(path)
+                .map(|a| a.iter().map(|&v| v as f64).collect())
+                .map_err(|_| bad(format!("not a 1-d float64/float32 .npy array: {e64}"))),
+        };
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.split_whitespace()
+        .map(str::parse)
+        .collect::<std::result::Result<Vec<f64>, _>>()
+        .map_err(|e| bad(format!("not a list of numbers: {e}")))
 }
