@@ -14,10 +14,12 @@
 //! `runtime.providers` are registered in priority order (tensorrt, cuda, cpu). Before a GPU provider is
 //! registered, pip-installed NVIDIA libraries (`site-packages/nvidia/*/lib`, `site-packages/tensorrt_libs`)
 //! are preloaded, so no `LD_LIBRARY_PATH` is needed. A provider that fails to register is reported with a
-//! warning; when the list names no `cpu`, GPU-only was asked for: a failed registration is then an error,
-//! and ONNX Runtime's silent CPU fallback for unsupported nodes is disabled. Which provider actually runs
-//! the graph is detected from ONNX Runtime's own session profile (one warm-up call) and reported by
-//! [`Denoiser::engine`], e.g. `onnxruntime 1.31.1/cuda` or `onnxruntime 1.31.1/cpu`.
+//! warning; when the list names no `cpu`, GPU-only was asked for: then no GPU provider registering is an
+//! error, and so is any compute node (convolution, matrix product) that ONNX Runtime still places on the
+//! CPU (small shape computations stay on the CPU by ONNX Runtime's design and are allowed). Which
+//! providers actually run the graph is read from ONNX Runtime's own session profile of one warm-up call
+//! at load time and reported by [`Denoiser::engine`], most nodes first, e.g. `onnxruntime 1.31.1/cuda+cpu`
+//! or `onnxruntime 1.31.1/cpu`.
 //!
 //! TensorRT builds engines for the fixed shapes it sees; its engine and timing caches go to
 //! `runtime.trt_cache` so later runs do not rebuild them. Inference runs in f32; batches larger than
@@ -483,18 +485,21 @@ impl OrtGraph {
             has_cot: role == GraphRole::Vjp,
             providers: Vec::new(),
         };
-        graph.providers = graph.detect_providers(card)?;
+        let summary = graph.detect_providers(card)?;
+        graph.providers = summary.providers;
         let asked_cpu = opts.providers.contains(&Provider::Cpu);
-        if !asked_cpu && graph.providers.iter().any(|p| p == "cpu") {
+        if !asked_cpu && !summary.cpu_compute.is_empty() {
             return Err(err(format!(
-                "providers {:?} exclude cpu, but onnx runtime runs part of the graph on cpu",
-                opts.providers
+                "providers {:?} exclude cpu, but onnx runtime runs {} compute nodes on the cpu ({})",
+                opts.providers,
+                summary.cpu_compute.len(),
+                summary.cpu_compute.join(", ")
             )));
         }
         let gpu_asked = opts.providers.iter().any(|p| *p != Provider::Cpu);
         if gpu_asked && graph.providers.first().map(String::as_str) == Some("cpu") {
             tracing::warn!(
-                "{}: a gpu provider was asked for, but onnx runtime runs {} (cpu first)",
+                "{}: a gpu provider was asked for, but onnx runtime runs most nodes on the cpu ({})",
                 path.display(),
                 graph.providers.join("+")
             );
@@ -509,7 +514,7 @@ impl OrtGraph {
     }
 
     /// One warm-up call with ONNX Runtime's profiler on; the profile says which provider ran each node.
-    fn detect_providers(&mut self, card: &ModelCard) -> Result<Vec<String>> {
+    fn detect_providers(&mut self, card: &ModelCard) -> Result<ProfileSummary> {
         let n = self.fixed_batch.unwrap_or(1);
         let img = &card.image;
         let zeros = || Array4::<f32>::zeros((n, img.channels, img.height, img.width));
@@ -529,28 +534,10 @@ impl OrtGraph {
             })?;
         let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e));
         let _ = std::fs::remove_file(&file);
-        let events: serde_json::Value = serde_json::from_str(&text?).map_err(|e| Error::Model {
+        summarize_profile(&text?).map_err(|message| Error::Model {
             path: PathBuf::from(&file),
-            message: format!("unreadable onnx runtime profile: {e}"),
-        })?;
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for ev in events.as_array().into_iter().flatten() {
-            if ev.get("cat").and_then(|c| c.as_str()) != Some("Node") {
-                continue;
-            }
-            if let Some(p) = ev.pointer("/args/provider").and_then(|p| p.as_str()) {
-                *counts.entry(short_provider(p)).or_default() += 1;
-            }
-        }
-        let mut by_count: Vec<(String, usize)> = counts.into_iter().collect();
-        by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        if by_count.is_empty() {
-            return Err(Error::Model {
-                path: self.path.clone(),
-                message: "the onnx runtime profile names no provider".into(),
-            });
-        }
-        Ok(by_count.into_iter().map(|(p, _)| p).collect())
+            message,
+        })
     }
 
     fn run(&self, chunk: F32Chunk) -> Result<Vec<Array4<f32>>> {
@@ -588,6 +575,75 @@ impl OrtGraph {
             })
             .collect()
     }
+}
+
+/// What ONNX Runtime's session profile says about placement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ProfileSummary {
+    /// Providers that ran nodes, most nodes first (short names: `tensorrt`, `cuda`, `cpu`).
+    providers: Vec<String>,
+    /// Compute-heavy nodes (convolutions, matrix products) that ran on the cpu provider, `name (Op)`.
+    cpu_compute: Vec<String>,
+}
+
+/// Summarise a session profile (Chrome trace JSON): one `Node` event per node and phase, whose `args`
+/// carry `op_name` and `provider`. Small shape computations that GPU providers leave on the cpu by design
+/// are counted but are not compute nodes.
+fn summarize_profile(json: &str) -> std::result::Result<ProfileSummary, String> {
+    const COMPUTE: &[&str] = &[
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "MatMul",
+        "FusedConv",
+        "FusedGemm",
+        "FusedMatMul",
+        "Attention",
+        "MultiHeadAttention",
+        "Einsum",
+    ];
+    let events: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("unreadable onnx runtime profile: {e}"))?;
+    let mut nodes: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for ev in events.as_array().into_iter().flatten() {
+        if ev.get("cat").and_then(|c| c.as_str()) != Some("Node") {
+            continue;
+        }
+        let (Some(name), Some(provider)) = (
+            ev.get("name").and_then(|n| n.as_str()),
+            ev.pointer("/args/provider").and_then(|p| p.as_str()),
+        ) else {
+            continue;
+        };
+        let node = name
+            .trim_end_matches("_kernel_time")
+            .trim_end_matches("_fence_before")
+            .trim_end_matches("_fence_after")
+            .to_string();
+        let op = ev
+            .pointer("/args/op_name")
+            .and_then(|o| o.as_str())
+            .unwrap_or("")
+            .to_string();
+        nodes.insert(node, (short_provider(provider), op));
+    }
+    if nodes.is_empty() {
+        return Err("the onnx runtime profile names no provider".into());
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (p, _) in nodes.values() {
+        *counts.entry(p).or_default() += 1;
+    }
+    let mut by_count: Vec<(&str, usize)> = counts.into_iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    Ok(ProfileSummary {
+        providers: by_count.into_iter().map(|(p, _)| p.to_string()).collect(),
+        cpu_compute: nodes
+            .iter()
+            .filter(|(_, (p, op))| p == "cpu" && COMPUTE.contains(&op.as_str()))
+            .map(|(n, (_, op))| format!("{n} ({op})"))
+            .collect(),
+    })
 }
 
 static PROFILE_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -663,18 +719,13 @@ fn session_builder(
             }
         }
     }
-    if !asked_cpu {
-        if registered.is_empty() {
-            return Err(err(format!(
-                "no execution provider of {:?} could be registered ({}); add cpu to \
-                 runtime.providers to allow running on the cpu",
-                opts.providers,
-                failures.join("; ")
-            )));
-        }
-        builder = builder
-            .with_disable_cpu_fallback()
-            .map_err(|e| err(format!("onnx runtime cannot disable the cpu fallback: {e}")))?;
+    if !asked_cpu && registered.is_empty() {
+        return Err(err(format!(
+            "no execution provider of {:?} could be registered ({}); add cpu to \
+             runtime.providers to allow running on the cpu",
+            opts.providers,
+            failures.join("; ")
+        )));
     }
     Ok(builder)
 }
@@ -760,6 +811,39 @@ mod tests {
         if let Ok(name) = g.session.get_mut().unwrap().end_profiling() {
             assert!(name.is_empty(), "profiling still on: {name}");
         }
+    }
+
+    #[test]
+    fn profiles_are_summarised() {
+        let ev = |name: &str, op: &str, p: &str| {
+            format!(
+                r#"{{"cat":"Node","name":"{name}_kernel_time","ph":"X","args":{{"op_name":"{op}","provider":"{p}"}}}},
+                   {{"cat":"Node","name":"{name}_fence_before","ph":"X","args":{{"op_name":"{op}"}}}}"#
+            )
+        };
+        // CUDA runs the network; ONNX Runtime leaves shape arithmetic on the cpu by design.
+        let json = format!(
+            r#"[{{"cat":"Session","name":"model_run","args":{{}}}}, {}, {}, {}, {}]"#,
+            ev("conv1", "Conv", "CUDAExecutionProvider"),
+            ev("gemm1", "Gemm", "CUDAExecutionProvider"),
+            ev("add1", "Add", "CUDAExecutionProvider"),
+            ev("shape1", "Shape", "CPUExecutionProvider"),
+        );
+        let s = summarize_profile(&json).unwrap();
+        assert_eq!(s.providers, vec!["cuda".to_string(), "cpu".to_string()]);
+        assert!(s.cpu_compute.is_empty());
+        // A convolution on the cpu is a compute node there.
+        let json = format!(
+            "[{}, {}, {}]",
+            ev("conv1", "Conv", "CPUExecutionProvider"),
+            ev("conv2", "Conv", "TensorrtExecutionProvider"),
+            ev("trt", "TRTKernel_graph_0", "TensorrtExecutionProvider"),
+        );
+        let s = summarize_profile(&json).unwrap();
+        assert_eq!(s.providers, vec!["tensorrt".to_string(), "cpu".to_string()]);
+        assert_eq!(s.cpu_compute, vec!["conv1 (Conv)".to_string()]);
+        assert!(summarize_profile("[]").is_err());
+        assert!(summarize_profile("not json").is_err());
     }
 
     #[test]
