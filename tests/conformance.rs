@@ -258,38 +258,41 @@ fn vjp_matches_central_finite_differences() {
 
 #[test]
 fn batch_of_one_and_of_n_agree_per_sample() {
+    // Each sample's output must not depend on the batch it came in, on runtime.batch_size or on the
+    // thread count. tract runs sample by sample and so guarantees bit-identical results; ONNX Runtime is
+    // held to 1e-5 (it is bit-identical on its CPU provider in practice).
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let n = 5;
     let x = noisy_batch(&mut rng, n, 0.7, 0.7);
     let c = normal(&mut rng, n);
     let t_ddpm: Vec<f64> = (0..n).map(|i| 100.0 + 150.0 * i as f64).collect();
     let t_flow: Vec<f64> = (0..n).map(|i| 0.1 + 0.2 * i as f64).collect();
-    // batch_size 2 splits the batch of 5 into calls of 2, 2, 1.
-    let mut split = vec![];
+    // Variants: batch_size 2 (the batch of 5 goes in calls of 2, 2, 1) and several threads.
+    let mut variants = vec![];
     {
         let mut o = opts(EngineChoice::Tract);
         o.batch_size = 2;
-        split.push((
-            "tract (batch_size 2)",
-            load(&model_dir("fmnist-ddpm"), &o).unwrap(),
-        ));
+        o.threads = 3;
+        let m = load(&model_dir("fmnist-ddpm"), &o).unwrap();
+        variants.push(("tract (batch_size 2, 3 threads)", m, 0.0));
         if ort().is_some() {
             o.engine = EngineChoice::OnnxRuntime;
-            split.push((
-                "onnxruntime (batch_size 2)",
-                load(&model_dir("fmnist-ddpm"), &o).unwrap(),
-            ));
+            let m = load(&model_dir("fmnist-ddpm"), &o).unwrap();
+            variants.push(("onnxruntime (batch_size 2, 3 threads)", m, 1e-5));
         }
     }
-    let mut cases: Vec<(&str, &dyn Denoiser, &[f64])> = vec![];
+    let mut cases: Vec<(&str, &dyn Denoiser, &[f64], f64)> = vec![];
     for be in backends() {
-        cases.push((be.name, be.ddpm.denoiser.as_ref(), &t_ddpm));
-        cases.push((be.name, be.flow.denoiser.as_ref(), &t_flow));
+        let tol = if be.name == "tract" { 0.0 } else { 1e-5 };
+        cases.push((be.name, be.ddpm.denoiser.as_ref(), &t_ddpm, tol));
+        cases.push((be.name, be.flow.denoiser.as_ref(), &t_flow, tol));
     }
-    for (name, m) in &split {
-        cases.push((name, m.denoiser.as_ref(), &t_ddpm));
+    for (name, m, tol) in &variants {
+        cases.push((name, m.denoiser.as_ref(), &t_ddpm, *tol));
     }
-    for (name, d, t) in cases {
+    // The reference: the first backend (tract, one thread), sample by sample.
+    let reference = tract().ddpm.denoiser.as_ref();
+    for (name, d, t, tol) in cases {
         let all = d.predict(x.view(), t).unwrap();
         let (all_out, all_g) = d.vjp(x.view(), t, c.view()).unwrap();
         for s in 0..n {
@@ -298,18 +301,21 @@ fn batch_of_one_and_of_n_agree_per_sample() {
             let one = d.predict(xs, &t[s..s + 1]).unwrap();
             let (one_out, one_g) = d.vjp(xs, &t[s..s + 1], cs).unwrap();
             let pick = |a: &Array4<f64>| a.slice_axis(Axis(0), (s..s + 1).into()).to_owned();
-            assert!(
-                max_abs_diff(&pick(&all), &one) < 1e-5,
-                "{name}: forward sample {s}"
+            let (df, dout, dg) = (
+                max_abs_diff(&pick(&all), &one),
+                max_abs_diff(&pick(&all_out), &one_out),
+                max_abs_diff(&pick(&all_g), &one_g),
             );
-            assert!(
-                max_abs_diff(&pick(&all_out), &one_out) < 1e-5,
-                "{name}: vjp out sample {s}"
+            eprintln!(
+                "{name}: sample {s}: batch vs single max |diff| forward {df:.1e}, vjp {dg:.1e}"
             );
-            assert!(
-                max_abs_diff(&pick(&all_g), &one_g) < 1e-4,
-                "{name}: vjp sample {s}"
-            );
+            assert!(df <= tol, "{name}: forward sample {s}: {df}");
+            assert!(dout <= tol, "{name}: vjp out sample {s}: {dout}");
+            assert!(dg <= 10.0 * tol, "{name}: vjp sample {s}: {dg}");
+        }
+        if name.starts_with("tract") && std::ptr::eq(t, t_ddpm.as_slice()) {
+            // Thread count and batch_size change nothing, bit for bit.
+            assert_eq!(all, reference.predict(x.view(), t).unwrap(), "{name}");
         }
     }
 }

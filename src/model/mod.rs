@@ -474,23 +474,14 @@ pub(crate) struct F32Chunk {
     pub cot: Option<ndarray::Array4<f32>>,
 }
 
-/// Shared batching for the ONNX backends: check shapes against the card's image `[C, H, W]`, convert the
-/// f64 batch to f32, split it into network calls of at most `max_batch` samples (exactly `fixed_batch`
-/// when the graph has a fixed batch dimension; the last call is then padded by repeating its last sample
-/// and the padding's outputs are dropped), run `call` on each chunk and reassemble its `n_out` outputs
-/// ([n, C, H, W] each) as f64. Each sample's result is computed from that sample alone.
+/// Check a batch against the card's image `[C, H, W]`: x [B, C, H, W], t [B], cotangent like x.
 #[cfg_attr(not(any(feature = "tract", feature = "onnxruntime")), allow(dead_code))]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn run_batched(
+pub(crate) fn check_batch(
     image: [usize; 3],
     x: ArrayView4<f64>,
     t: &[f64],
     cot: Option<ArrayView4<f64>>,
-    max_batch: usize,
-    fixed_batch: Option<usize>,
-    n_out: usize,
-    mut call: impl FnMut(F32Chunk) -> Result<Vec<ndarray::Array4<f32>>>,
-) -> Result<Vec<Array4<f64>>> {
+) -> Result<()> {
     let (b, c, h, w) = x.dim();
     if [c, h, w] != image {
         return Err(Error::Shape(format!(
@@ -513,6 +504,28 @@ pub(crate) fn run_batched(
             )));
         }
     }
+    Ok(())
+}
+
+/// Shared batching for the ONNX backends: check shapes against the card's image `[C, H, W]`, convert the
+/// f64 batch to f32, split it into network calls of at most `max_batch` samples (exactly `fixed_batch`
+/// when the graph has a fixed batch dimension; the last call is then padded by repeating its last sample
+/// and the padding's outputs are dropped), run `call` on each chunk and reassemble its `n_out` outputs
+/// ([n, C, H, W] each) as f64. Each sample's result is computed from that sample alone.
+#[cfg_attr(not(any(feature = "tract", feature = "onnxruntime")), allow(dead_code))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_batched(
+    image: [usize; 3],
+    x: ArrayView4<f64>,
+    t: &[f64],
+    cot: Option<ArrayView4<f64>>,
+    max_batch: usize,
+    fixed_batch: Option<usize>,
+    n_out: usize,
+    mut call: impl FnMut(F32Chunk) -> Result<Vec<ndarray::Array4<f32>>>,
+) -> Result<Vec<Array4<f64>>> {
+    check_batch(image, x, t, cot)?;
+    let (b, c, h, w) = x.dim();
     let mut outs: Vec<Array4<f64>> = (0..n_out).map(|_| Array4::zeros((b, c, h, w))).collect();
     let step = fixed_batch.unwrap_or(max_batch.max(1));
     let mut start = 0;

@@ -14,22 +14,29 @@
 //!    builds an f64 zero, which contradicts the float32 consumer (VJP graphs: "Impossible to unify F32
 //!    with F64"). We add the explicit float32 `value` attribute to such nodes in the parsed protobuf.
 //!
-//! Then every input gets a concrete batch size and the model is optimized into a plan. One plan is built
-//! per batch size actually used and cached (optimizing takes ~0.1–1 s; a concrete batch also runs 2–4×
-//! faster than tract's symbolic-batch plan). Calls larger than `runtime.batch_size` are split.
+//! Then every input gets a concrete batch size and the model is optimized into a plan, built once per
+//! (graph, batch size) and cached (optimizing takes ~0.1–1 s; a concrete batch runs 2–4× faster than
+//! tract's symbolic-batch plan).
 //!
-//! tract runs a graph on one thread; `runtime.threads` does not apply.
+//! ## Batches and threads
+//! On the CPU, tract gains nothing from batching (one 32×32 sample takes as long per sample alone as in
+//! a batch of 3), and its kernels round differently for different batch sizes (~1e-6). So a batch is run
+//! sample by sample with the batch-1 plan, in parallel on a pool of `runtime.threads` threads (0 = all
+//! cores): each sample's output is bit-for-bit independent of the batch it came in, of
+//! `runtime.batch_size` and of the thread count. A graph with a fixed batch dimension is instead run in
+//! chunks of exactly that size (the last one padded).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ndarray::{Array4, ArrayView4};
+use ndarray::{Array4, ArrayView4, Axis};
+use rayon::prelude::*;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
 use super::card::{GraphIo, GraphRole, ModelCard, TensorDecl};
-use super::{run_batched, Denoiser, F32Chunk, RuntimeOptions};
+use super::{check_batch, run_batched, Denoiser, F32Chunk, RuntimeOptions};
 use crate::error::{Error, Result};
 
 type Plan = Arc<TypedRunnableModel>;
@@ -39,7 +46,8 @@ pub struct TractDenoiser {
     forward: TractGraph,
     vjp: Option<TractGraph>,
     image: [usize; 3],
-    batch_size: usize,
+    /// Runs samples in parallel; `None` for one thread.
+    pool: Option<rayon::ThreadPool>,
 }
 
 impl TractDenoiser {
@@ -51,23 +59,75 @@ impl TractDenoiser {
             None => None,
         };
         let img = &card.image;
+        let threads = match opts.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let pool = if threads > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("conjure-tract-{i}"))
+                    .build()
+                    .map_err(|e| Error::Model {
+                        path: dir.to_path_buf(),
+                        message: format!("cannot start {threads} tract threads: {e}"),
+                    })?,
+            )
+        } else {
+            None
+        };
+        // Build the plans now, so a graph tract cannot run fails here, naming its file.
+        for g in std::iter::once(&forward).chain(vjp.as_ref()) {
+            g.plan(g.fixed_batch.unwrap_or(1))?;
+        }
         Ok(TractDenoiser {
             forward,
             vjp,
             image: [img.channels, img.height, img.width],
-            batch_size: opts.batch_size.max(1),
+            pool,
         })
     }
 
-    /// Build (or fetch) the plans for these batch sizes now, e.g. before timing.
-    pub fn warm_up(&self, batch_sizes: &[usize]) -> Result<()> {
-        for &n in batch_sizes {
-            self.forward.plan(n)?;
-            if let Some(v) = &self.vjp {
-                v.plan(n)?;
-            }
+    /// Evaluate `g` on a batch: per sample with the batch-1 plan (in parallel when a pool exists), or in
+    /// fixed-size chunks for a graph with a fixed batch dimension.
+    fn eval(
+        &self,
+        g: &TractGraph,
+        x: ArrayView4<f64>,
+        t: &[f64],
+        cot: Option<ArrayView4<f64>>,
+        n_out: usize,
+    ) -> Result<Vec<Array4<f64>>> {
+        check_batch(self.image, x, t, cot)?;
+        let b = x.dim().0;
+        if g.fixed_batch.is_some() || b <= 1 {
+            return run_batched(self.image, x, t, cot, 1, g.fixed_batch, n_out, |c| g.run(c));
         }
-        Ok(())
+        let one = |i: usize| {
+            run_batched(
+                self.image,
+                sample(x, i),
+                &t[i..i + 1],
+                cot.map(|c| sample(c, i)),
+                1,
+                None,
+                n_out,
+                |c| g.run(c),
+            )
+        };
+        let per_sample: Vec<Vec<Array4<f64>>> = match &self.pool {
+            Some(pool) => {
+                pool.install(|| (0..b).into_par_iter().map(one).collect::<Result<_>>())?
+            }
+            None => (0..b).map(one).collect::<Result<_>>()?,
+        };
+        (0..n_out)
+            .map(|k| {
+                let views: Vec<_> = per_sample.iter().map(|o| o[k].view()).collect();
+                ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Shape(e.to_string()))
+            })
+            .collect()
     }
 }
 
@@ -77,17 +137,7 @@ impl Denoiser for TractDenoiser {
     }
 
     fn predict(&self, x: ArrayView4<f64>, t: &[f64]) -> Result<Array4<f64>> {
-        let g = &self.forward;
-        let mut out = run_batched(
-            self.image,
-            x,
-            t,
-            None,
-            self.batch_size,
-            g.fixed_batch,
-            1,
-            |c| g.run(c),
-        )?;
+        let mut out = self.eval(&self.forward, x, t, None, 1)?;
         Ok(out.remove(0))
     }
 
@@ -107,16 +157,7 @@ impl Denoiser for TractDenoiser {
                     .into(),
             ));
         };
-        let mut outs = run_batched(
-            self.image,
-            x,
-            t,
-            Some(cot),
-            self.batch_size,
-            g.fixed_batch,
-            2,
-            |c| g.run(c),
-        )?;
+        let mut outs = self.eval(g, x, t, Some(cot), 2)?;
         let vjp = outs.pop().expect("two outputs");
         let out = outs.pop().expect("two outputs");
         Ok((out, vjp))
@@ -283,6 +324,11 @@ impl TractGraph {
             })
             .collect()
     }
+}
+
+/// Sample `i` of a batch, as a batch of one.
+fn sample(a: ArrayView4<'_, f64>, i: usize) -> ArrayView4<'_, f64> {
+    a.slice_axis_move(Axis(0), (i..i + 1).into())
 }
 
 fn to_tensor(a: Array4<f32>) -> TractResult<Tensor> {
