@@ -367,6 +367,10 @@ fn check_finite(x: &Array4<f64>) -> Result<()> {
 }
 
 pub mod card;
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
+#[cfg(feature = "tract")]
+pub mod tract;
 
 /// Which engine runs ONNX graphs (spec `runtime.engine`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -419,12 +423,203 @@ pub struct LoadedModel {
     pub denoiser: Box<dyn Denoiser>,
 }
 
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("dir", &self.dir)
+            .field("card", &self.card)
+            .field("engine", &self.denoiser.engine())
+            .finish()
+    }
+}
+
 /// Load a model directory (card + graphs) with the engine `opts` asks for.
+///
+/// `engine: auto` takes ONNX Runtime when its library is found (`ORT_DYLIB_PATH`, an importable
+/// `onnxruntime` Python package, system paths) and the embedded tract engine otherwise. Errors name the
+/// directory or file and the problem; a graph whose inputs/outputs contradict the card is an error here.
 pub fn load(dir: &std::path::Path, opts: &RuntimeOptions) -> Result<LoadedModel> {
-    let _ = opts;
+    if opts.batch_size == 0 {
+        return Err(Error::invalid("runtime.batch_size", 0, ">= 1"));
+    }
+    if !dir.is_dir() {
+        return Err(Error::Model {
+            path: dir.to_path_buf(),
+            message: "not a directory (expected a model directory holding model.yaml)".into(),
+        });
+    }
     let card = card::ModelCard::load(dir)?;
-    Err(Error::Unsupported(format!(
-        "no ONNX engine is built in yet (model {})",
-        card.name
-    )))
+    let denoiser: Box<dyn Denoiser> = match opts.engine {
+        EngineChoice::Tract => load_tract(dir, &card, opts)?,
+        EngineChoice::OnnxRuntime => load_ort(dir, &card, opts)?,
+        EngineChoice::Auto => match ort_available() {
+            Ok(()) => load_ort(dir, &card, opts)?,
+            Err(why) => {
+                tracing::info!(
+                    "onnx runtime not available ({why}); using the embedded tract engine"
+                );
+                load_tract(dir, &card, opts)?
+            }
+        },
+    };
+    Ok(LoadedModel {
+        dir: dir.to_path_buf(),
+        card,
+        denoiser,
+    })
+}
+
+/// Whether the ONNX Runtime library can be found and loaded (`Err` says why not).
+pub fn ort_available() -> std::result::Result<(), String> {
+    #[cfg(feature = "onnxruntime")]
+    {
+        onnxruntime::runtime().map(|_| ())
+    }
+    #[cfg(not(feature = "onnxruntime"))]
+    {
+        Err("conjure was built without the onnxruntime feature".into())
+    }
+}
+
+#[cfg(feature = "onnxruntime")]
+fn load_ort(
+    dir: &std::path::Path,
+    card: &card::ModelCard,
+    opts: &RuntimeOptions,
+) -> Result<Box<dyn Denoiser>> {
+    Ok(Box::new(onnxruntime::OrtDenoiser::load(dir, card, opts)?))
+}
+
+#[cfg(not(feature = "onnxruntime"))]
+fn load_ort(
+    dir: &std::path::Path,
+    _: &card::ModelCard,
+    _: &RuntimeOptions,
+) -> Result<Box<dyn Denoiser>> {
+    Err(Error::Model {
+        path: dir.to_path_buf(),
+        message: "engine onnxruntime asked for, but conjure was built without it".into(),
+    })
+}
+
+#[cfg(feature = "tract")]
+fn load_tract(
+    dir: &std::path::Path,
+    card: &card::ModelCard,
+    opts: &RuntimeOptions,
+) -> Result<Box<dyn Denoiser>> {
+    Ok(Box::new(tract::TractDenoiser::load(dir, card, opts)?))
+}
+
+#[cfg(not(feature = "tract"))]
+fn load_tract(
+    dir: &std::path::Path,
+    _: &card::ModelCard,
+    _: &RuntimeOptions,
+) -> Result<Box<dyn Denoiser>> {
+    Err(Error::Model {
+        path: dir.to_path_buf(),
+        message: "engine tract asked for, but conjure was built without it".into(),
+    })
+}
+
+/// One f32 chunk of a batch, as ONNX backends feed it: x [n, C, H, W], t [n] and, for VJP graphs, the
+/// cotangent.
+#[cfg_attr(not(any(feature = "tract", feature = "onnxruntime")), allow(dead_code))]
+pub(crate) struct F32Chunk {
+    pub x: ndarray::Array4<f32>,
+    pub t: ndarray::Array1<f32>,
+    pub cot: Option<ndarray::Array4<f32>>,
+}
+
+/// Check a batch against the card's image `[C, H, W]`: x [B, C, H, W], t [B], cotangent like x.
+#[cfg_attr(not(any(feature = "tract", feature = "onnxruntime")), allow(dead_code))]
+pub(crate) fn check_batch(
+    image: [usize; 3],
+    x: ArrayView4<f64>,
+    t: &[f64],
+    cot: Option<ArrayView4<f64>>,
+) -> Result<()> {
+    let (b, c, h, w) = x.dim();
+    if [c, h, w] != image {
+        return Err(Error::Shape(format!(
+            "input batch of images {c}x{h}x{w} (C x H x W) for a model of {}x{}x{}",
+            image[0], image[1], image[2]
+        )));
+    }
+    if t.len() != b {
+        return Err(Error::Shape(format!(
+            "{} time values for a batch of {b} images",
+            t.len()
+        )));
+    }
+    if let Some(cot) = &cot {
+        if cot.dim() != x.dim() {
+            return Err(Error::Shape(format!(
+                "cotangent of shape {:?} for inputs of shape {:?}",
+                cot.shape(),
+                x.shape()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Shared batching for the ONNX backends: check shapes against the card's image `[C, H, W]`, convert the
+/// f64 batch to f32, split it into network calls of at most `max_batch` samples (exactly `fixed_batch`
+/// when the graph has a fixed batch dimension; the last call is then padded by repeating its last sample
+/// and the padding's outputs are dropped), run `call` on each chunk and reassemble its `n_out` outputs
+/// ([n, C, H, W] each) as f64. Each sample's result is computed from that sample alone.
+#[cfg_attr(not(any(feature = "tract", feature = "onnxruntime")), allow(dead_code))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_batched(
+    image: [usize; 3],
+    x: ArrayView4<f64>,
+    t: &[f64],
+    cot: Option<ArrayView4<f64>>,
+    max_batch: usize,
+    fixed_batch: Option<usize>,
+    n_out: usize,
+    mut call: impl FnMut(F32Chunk) -> Result<Vec<ndarray::Array4<f32>>>,
+) -> Result<Vec<Array4<f64>>> {
+    check_batch(image, x, t, cot)?;
+    let (b, c, h, w) = x.dim();
+    let mut outs: Vec<Array4<f64>> = (0..n_out).map(|_| Array4::zeros((b, c, h, w))).collect();
+    let step = fixed_batch.unwrap_or(max_batch.max(1));
+    let mut start = 0;
+    while start < b {
+        let len = step.min(b - start);
+        let n = fixed_batch.unwrap_or(len);
+        let src = |i: usize| start + i.min(len - 1);
+        let to_f32 = |a: &ArrayView4<f64>| {
+            Array4::from_shape_fn((n, c, h, w), |(i, k, y, z)| a[[src(i), k, y, z]] as f32)
+        };
+        let chunk = F32Chunk {
+            x: to_f32(&x),
+            t: ndarray::Array1::from_shape_fn(n, |i| t[src(i)] as f32),
+            cot: cot.as_ref().map(to_f32),
+        };
+        let res = call(chunk)?;
+        if res.len() != n_out {
+            return Err(Error::Shape(format!(
+                "the graph returned {} outputs (expected {n_out})",
+                res.len()
+            )));
+        }
+        for (o, r) in outs.iter_mut().zip(res) {
+            if r.dim() != (n, c, h, w) {
+                return Err(Error::Shape(format!(
+                    "the graph returned an output of shape {:?} (expected {:?})",
+                    r.shape(),
+                    [n, c, h, w]
+                )));
+            }
+            o.slice_mut(ndarray::s![start..start + len, .., .., ..])
+                .zip_mut_with(&r.slice(ndarray::s![..len, .., .., ..]), |d, s| {
+                    *d = *s as f64
+                });
+        }
+        start += len;
+    }
+    Ok(outs)
 }
