@@ -28,6 +28,7 @@
 
 pub mod error;
 pub mod imageio;
+pub mod metrics;
 pub mod model;
 pub mod operators;
 pub mod pipeline;

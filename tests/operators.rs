@@ -176,6 +176,37 @@ fn catalogue() -> &'static Vec<(String, OperatorRef)> {
                 },
                 [1, 12, 12],
             ),
+            // every 1-d singular value thresholded: H = 0
+            (
+                Degradation::DeblurUniform {
+                    size: 3,
+                    threshold: 2.0,
+                },
+                [1, 5, 6],
+            ),
+            // different ranks on the two axes (low-rank and dense 1-d maps mixed)
+            (
+                Degradation::SrBicubic {
+                    scale: 2,
+                    threshold: 0.64,
+                },
+                [2, 16, 8],
+            ),
+            (
+                Degradation::SrBicubic {
+                    scale: 2,
+                    threshold: 0.64,
+                },
+                [1, 8, 16],
+            ),
+            (
+                Degradation::DeblurGaussian {
+                    size: 9,
+                    sigma: 2.0,
+                    threshold: t,
+                },
+                [1, 24, 10],
+            ),
             (
                 Degradation::Inpaint {
                     mask: mask(6, 9, 1),
@@ -454,12 +485,47 @@ fn dense_checks(label: &str, op: &dyn LinearOperator, direct: Option<&DMatrix<f6
     if s_min < 1e-4 {
         return false;
     }
-    let hp_ref = h.clone().pseudo_inverse(0.5 * s_min).expect("dense pinv");
+    // Reference: H† = Hᵀ (H Hᵀ)⁺, with (H Hᵀ)⁺ from the symmetric eigendecomposition of the dense H Hᵀ
+    // (eigenvalues s², cut below s_min²/4). nalgebra's dense SVD is also compared, loosely: on clustered
+    // singular values its pseudo-inverse violates the Penrose symmetry (H†H)ᵀ = H†H by up to ~1e-6.
+    let eig = nalgebra::SymmetricEigen::new(&h * h.transpose());
+    let mut hht_pinv = DMatrix::<f64>::zeros(h.nrows(), h.nrows());
+    for (k, lam) in eig.eigenvalues.iter().enumerate() {
+        if *lam > 0.25 * s_min * s_min {
+            let v = eig.eigenvectors.column(k);
+            hht_pinv += v * v.transpose() / *lam;
+        }
+    }
+    let hp_ref = h.transpose() * hht_pinv;
+    // The reference inverts eigenvalues s², so its own error grows like ε/s_min².
+    let ref_tol = 1e-10 + 1e-13 / (s_min * s_min);
     let e = max_abs_diff(&hp, &hp_ref);
-    assert!(e < 1e-8, "{label}: H† vs dense pseudo-inverse: {e:e}");
+    assert!(e < ref_tol, "{label}: H† vs dense Hᵀ(HHᵀ)⁺: {e:e}");
+    let hp_svd = h.clone().pseudo_inverse(0.5 * s_min).expect("dense pinv");
+    let e = max_abs_diff(&hp, &hp_svd);
+    assert!(
+        e < 1e-5 + 100.0 * ref_tol,
+        "{label}: H† vs dense svd pseudo-inverse: {e:e}"
+    );
+    // The four Penrose conditions, which define H† uniquely.
+    let hg = &h * &hp;
+    let gh = &hp * &h;
+    assert!(max_abs_diff(&(&hg * &h), &h) < 1e-12, "{label}: H H† H = H");
+    assert!(
+        max_abs_diff(&(&gh * &hp), &hp) < 1e-10,
+        "{label}: H† H H† = H†"
+    );
+    assert!(
+        max_abs_diff(&hg, &hg.transpose()) < 1e-12,
+        "{label}: (H H†)ᵀ = H H†"
+    );
+    assert!(
+        max_abs_diff(&gh, &gh.transpose()) < 1e-12,
+        "{label}: (H† H)ᵀ = H† H"
+    );
     let p = dense(xs, xs, |x| op.project(x));
     let e = max_abs_diff(&p, &(&hp_ref * &h));
-    assert!(e < 1e-9, "{label}: P vs dense H†H: {e:e}");
+    assert!(e < ref_tol, "{label}: P vs dense H†H: {e:e}");
     let hpt = dense(xs, ys, |x| op.pinv_adjoint(x));
     assert!(max_abs_diff(&hpt, &hp.transpose()) < 1e-9, "{label}: (H†)ᵀ");
     true
@@ -910,4 +976,57 @@ fn invalid_configurations_are_errors() {
         .build([1, 10, 9])
         .unwrap_err();
     assert!(e.to_string().contains("multiple"), "{e}");
+}
+
+/// §14.1 item 8: a 1-d singular value within 1e-5 of the threshold is reported (margin and a warning).
+#[test]
+fn threshold_near_a_singular_value_warns() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let s = SrBicubic::new([1, 16, 16], 4, 0.0)
+        .unwrap()
+        .separable()
+        .row_singulars()
+        .to_vec();
+    let far = 0.5 * (s[1] + s[2]);
+    let near = s[2] + 1e-7;
+    for (t, expect_warning) in [(far, false), (near, true)] {
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let op = tracing::subscriber::with_default(subscriber, || {
+            SrBicubic::new([1, 16, 16], 4, t).unwrap()
+        });
+        let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            log.contains("WARN"),
+            expect_warning,
+            "threshold {t}: log {log:?}"
+        );
+        let margin = op.separable().threshold_margin();
+        assert_eq!(
+            margin < 1e-5,
+            expect_warning,
+            "threshold {t}: margin {margin:e}"
+        );
+        // Both thresholds lie above s[2], which is therefore dropped; s[1] is kept.
+        assert_eq!(op.separable().row_singulars()[2], 0.0);
+        assert_eq!(op.separable().row_singulars()[1], s[1]);
+    }
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{ModelKind, Parameterization};
+use super::{JacobianMode, ModelKind, Parameterization};
 use crate::error::{Error, Result};
 use crate::samplers::ModelSchedule;
 use crate::schedules::{DdpmDiscrete, TimeInput, VpContinuous};
@@ -121,6 +121,42 @@ impl ModelCard {
             )),
             _ => {}
         }
+        match &self.schedule {
+            CardSchedule::DdpmLinear {
+                beta_start,
+                beta_end,
+                timesteps,
+            } => {
+                if !(0.0 < *beta_start && beta_start <= beta_end && *beta_end < 1.0) {
+                    return Err(bad(format!(
+                        "invalid ddpm-linear betas {beta_start}..{beta_end} \
+                         (expected 0 < beta_start <= beta_end < 1)"
+                    )));
+                }
+                if *timesteps < 2 {
+                    return Err(bad(format!(
+                        "invalid timesteps {timesteps} (expected >= 2)"
+                    )));
+                }
+            }
+            CardSchedule::VpContinuous { beta_min, beta_max } => {
+                if !(0.0 < *beta_min && beta_min <= beta_max && beta_max.is_finite()) {
+                    return Err(bad(format!(
+                        "invalid vp-continuous betas {beta_min}..{beta_max} \
+                         (expected 0 < beta_min <= beta_max)"
+                    )));
+                }
+            }
+            CardSchedule::AlphasCumprod { file } => {
+                if !dir.join(file).is_file() {
+                    return Err(bad(format!(
+                        "alphas-cumprod file {} not found",
+                        dir.join(file).display()
+                    )));
+                }
+            }
+            CardSchedule::RectifiedFlow => {}
+        }
         let img = &self.image;
         if img.channels == 0 || img.height == 0 || img.width == 0 {
             return Err(bad(format!(
@@ -128,9 +164,10 @@ impl ModelCard {
                 img.channels, img.height, img.width
             )));
         }
-        if !(img.value_range[0] < img.value_range[1]) {
+        let [low, high] = img.value_range;
+        if !(low.is_finite() && high.is_finite() && low < high) {
             return Err(bad(format!(
-                "invalid value_range {:?} (expected [low, high] with low < high)",
+                "invalid value_range {:?} (expected finite [low, high] with low < high)",
                 img.value_range
             )));
         }
@@ -143,6 +180,124 @@ impl ModelCard {
             }
         }
         Ok(())
+    }
+
+    /// Check that the spec's Jacobian mode can run on this model: `jacobian: exact` needs a `vjp` graph.
+    /// `dir` names the model directory in the error.
+    pub fn check_jacobian(&self, dir: &Path, mode: JacobianMode) -> Result<()> {
+        if mode == JacobianMode::Exact && self.graphs.vjp.is_none() {
+            return Err(Error::Model {
+                path: dir.join("model.yaml"),
+                message:
+                    "jacobian: exact needs a vjp graph, and this card lists none under graphs \
+                          (add graphs.vjp, or use jacobian: finite-difference or identity)"
+                        .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Check a graph's declared inputs and outputs (as an engine reports them) against the card:
+    /// input names `x`, `t` (and `cotangent` for the VJP graph), outputs `out` (and `vjp`), all float32;
+    /// `x`, `cotangent`, `out`, `vjp` of shape [B, C, H, W] with C, H, W equal to the card's image where the
+    /// graph fixes them, and `t` of shape [B]. A fixed batch dimension must agree across the graph's tensors.
+    /// `path` is the graph file, named in every error. Returns the graph's fixed batch size, if it has one.
+    pub fn check_graph_io(
+        &self,
+        path: &Path,
+        role: GraphRole,
+        io: &GraphIo,
+    ) -> Result<Option<usize>> {
+        let bad = |message: String| Error::Model {
+            path: path.to_path_buf(),
+            message,
+        };
+        let (want_in, want_out): (&[&str], &[&str]) = match role {
+            GraphRole::Forward => (&["x", "t"], &["out"]),
+            GraphRole::Vjp => (&["x", "t", "cotangent"], &["out", "vjp"]),
+        };
+        let names = |ts: &[TensorDecl]| ts.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        for (what, decls, want) in [
+            ("inputs", &io.inputs, want_in),
+            ("outputs", &io.outputs, want_out),
+        ] {
+            let mut have = names(decls);
+            have.sort();
+            let mut expect: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+            expect.sort();
+            if have != expect {
+                return Err(bad(format!(
+                    "{} graph has {what} {:?} (expected {:?})",
+                    role.name(),
+                    names(decls),
+                    want
+                )));
+            }
+        }
+        let img = &self.image;
+        let image = [img.channels, img.height, img.width];
+        let mut batch: Option<(usize, String)> = None;
+        for decl in io.inputs.iter().chain(&io.outputs) {
+            if let Some(ty) = &decl.elem_type {
+                if ty != "float32" {
+                    return Err(bad(format!(
+                        "{} has element type {ty} (expected float32)",
+                        decl.name
+                    )));
+                }
+            }
+            let Some(dims) = &decl.dims else { continue };
+            let want_rank = if decl.name == "t" { 1 } else { 4 };
+            if dims.len() != want_rank {
+                return Err(bad(format!(
+                    "{} has shape {} (expected {})",
+                    decl.name,
+                    show_dims(dims),
+                    if want_rank == 1 {
+                        "[B]".to_string()
+                    } else {
+                        format!(
+                            "[B, {}, {}, {}] from the card's image",
+                            image[0], image[1], image[2]
+                        )
+                    }
+                )));
+            }
+            if want_rank == 4 {
+                for (k, (d, want)) in dims[1..].iter().zip(image).enumerate() {
+                    if let Some(d) = d {
+                        if *d != want {
+                            return Err(bad(format!(
+                                "{} has shape {} but the card's image is {}x{}x{} (C x H x W): \
+                                 dimension {} is {d}, expected {want}",
+                                decl.name,
+                                show_dims(dims),
+                                image[0],
+                                image[1],
+                                image[2],
+                                k + 1
+                            )));
+                        }
+                    }
+                }
+            }
+            if let Some(b) = dims[0] {
+                match &batch {
+                    Some((b0, name0)) if *b0 != b => {
+                        return Err(bad(format!(
+                            "fixed batch dimensions disagree: {name0} has {b0}, {} has {b}",
+                            decl.name
+                        )))
+                    }
+                    Some(_) => {}
+                    None => batch = Some((b, decl.name.clone())),
+                }
+            }
+        }
+        if let Some((0, name)) = &batch {
+            return Err(bad(format!("{name} has batch dimension 0 (expected >= 1)")));
+        }
+        Ok(batch.map(|(b, _)| b))
     }
 
     pub fn model_kind(&self) -> ModelKind {
@@ -199,13 +354,7 @@ impl ModelCard {
             },
             CardSchedule::AlphasCumprod { file } => {
                 let path = dir.join(file);
-                let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-                let vals: std::result::Result<Vec<f64>, _> =
-                    text.split_whitespace().map(str::parse).collect();
-                let vals = vals.map_err(|e| Error::Model {
-                    path: path.clone(),
-                    message: format!("not a list of numbers: {e}"),
-                })?;
+                let vals = read_alphas(&path)?;
                 let ddpm = DdpmDiscrete::from_alphas_cumprod(vals)?;
                 // Continuous samplers need a VP-SDE; fit the linear one whose endpoints match ᾱ's betas.
                 let n = ddpm.len();
@@ -218,4 +367,84 @@ impl ModelCard {
             }
         })
     }
+}
+
+/// Which of a model's graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphRole {
+    /// `graphs.forward`: (x, t) → out.
+    Forward,
+    /// `graphs.vjp`: (x, t, cotangent) → (out, vjp).
+    Vjp,
+}
+
+impl GraphRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphRole::Forward => "forward",
+            GraphRole::Vjp => "vjp",
+        }
+    }
+}
+
+/// One declared graph input or output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorDecl {
+    pub name: String,
+    /// ONNX element type name (`float32`, `float16`, …) where the engine reports it.
+    pub elem_type: Option<String>,
+    /// Dimensions, `None` for a symbolic/dynamic one; `None` as a whole when the rank is unknown.
+    pub dims: Option<Vec<Option<usize>>>,
+}
+
+/// A graph's declared inputs and outputs, as an engine reports them (checked by
+/// [`ModelCard::check_graph_io`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GraphIo {
+    pub inputs: Vec<TensorDecl>,
+    pub outputs: Vec<TensorDecl>,
+}
+
+impl GraphIo {
+    /// Position of the tensor called `name` among the inputs.
+    pub fn input_index(&self, name: &str) -> Option<usize> {
+        self.inputs.iter().position(|t| t.name == name)
+    }
+    /// Position of the tensor called `name` among the outputs.
+    pub fn output_index(&self, name: &str) -> Option<usize> {
+        self.outputs.iter().position(|t| t.name == name)
+    }
+}
+
+fn show_dims(dims: &[Option<usize>]) -> String {
+    let parts: Vec<String> = dims
+        .iter()
+        .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// ᾱ values from a `.npy` file (1-D, float64 or float32) or a text file (one number per line).
+fn read_alphas(path: &Path) -> Result<Vec<f64>> {
+    let bad = |message: String| Error::Model {
+        path: path.to_path_buf(),
+        message,
+    };
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+    {
+        let f64s: std::result::Result<ndarray::Array1<f64>, _> = ndarray_npy::read_npy(path);
+        return match f64s {
+            Ok(a) => Ok(a.to_vec()),
+            Err(e64) => ndarray_npy::read_npy::<_, ndarray::Array1<f32>>(path)
+                .map(|a| a.iter().map(|&v| v as f64).collect())
+                .map_err(|_| bad(format!("not a 1-d float64/float32 .npy array: {e64}"))),
+        };
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.split_whitespace()
+        .map(str::parse)
+        .collect::<std::result::Result<Vec<f64>, _>>()
+        .map_err(|e| bad(format!("not a list of numbers: {e}")))
 }

@@ -11,6 +11,7 @@ use crate::operators::Img;
 use crate::schedules::TimeInput;
 
 pub mod analytic;
+pub mod tiled;
 
 /// Diffusion (ε / x₀ networks on a VP schedule) or rectified flow (velocity networks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,35 +151,92 @@ impl<'a> Network<'a> {
             }
             JacobianMode::FiniteDifference => {
                 let out = self.raw(xs, t_net)?;
-                let mut plus = Vec::with_capacity(xs.len());
-                let mut minus = Vec::with_capacity(xs.len());
-                let mut hs = Vec::with_capacity(xs.len());
-                for (x, m) in xs.iter().zip(ms) {
-                    let mr = rms(m);
-                    let h = if mr > 0.0 {
-                        self.fd_eps * (1.0 + rms(x)) / mr
-                    } else {
-                        0.0
-                    };
-                    plus.push(x + &(m * h));
-                    minus.push(x - &(m * h));
-                    hs.push(h);
-                }
-                let fp = self.raw(&plus, t_net)?;
-                let fm = self.raw(&minus, t_net)?;
-                let g = fp
-                    .into_iter()
-                    .zip(fm)
-                    .zip(hs)
-                    .map(|((p, q), h)| {
-                        if h > 0.0 {
-                            (p - q) / (2.0 * h)
-                        } else {
-                            Img::zeros(q.raw_dim())
-                        }
-                    })
-                    .collect();
+                let g = self.fd_jt(xs, t_net, ms)?;
                 Ok((out, g))
+            }
+        }
+    }
+
+    /// J_netᵀ m alone, for samplers that already hold the forward output at the same (x, t) — m usually
+    /// depends on it. Costs one VJP (`exact`), two forwards (`finite-difference`) or nothing (`identity`),
+    /// so a finite-difference step is 3 forwards in all.
+    pub fn raw_jt(&self, xs: &[Img], t_net: f64, ms: &[Img]) -> Result<Vec<Img>> {
+        match self.jacobian {
+            JacobianMode::Exact => Ok(self.raw_vjp(xs, t_net, ms)?.1),
+            JacobianMode::Identity => Ok(xs.iter().map(|x| Img::zeros(x.raw_dim())).collect()),
+            JacobianMode::FiniteDifference => self.fd_jt(xs, t_net, ms),
+        }
+    }
+
+    /// Central difference (f(x + h m) − f(x − h m)) / 2h, both probes in one batched call.
+    fn fd_jt(&self, xs: &[Img], t_net: f64, ms: &[Img]) -> Result<Vec<Img>> {
+        let hs: Vec<f64> = xs
+            .iter()
+            .zip(ms)
+            .map(|(x, m)| {
+                let mr = rms(m);
+                if mr > 0.0 {
+                    self.fd_eps * (1.0 + rms(x)) / mr
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut probes: Vec<Img> = xs
+            .iter()
+            .zip(ms)
+            .zip(&hs)
+            .map(|((x, m), &h)| x + &(m * h))
+            .collect();
+        probes.extend(xs.iter().zip(ms).zip(&hs).map(|((x, m), &h)| x - &(m * h)));
+        let f = self.raw(&probes, t_net)?;
+        let n = xs.len();
+        Ok((0..n)
+            .map(|i| {
+                if hs[i] > 0.0 {
+                    (&f[i] - &f[n + i]) / (2.0 * hs[i])
+                } else {
+                    Img::zeros(ms[i].raw_dim())
+                }
+            })
+            .collect())
+    }
+
+    /// J_εᵀ m alone (see [`raw_jt`](Self::raw_jt)), for a diffusion model of any parameterization.
+    pub fn eps_jt(
+        &self,
+        xs: &[Img],
+        t_net: f64,
+        mu: f64,
+        sigma: f64,
+        ms: &[Img],
+    ) -> Result<Vec<Img>> {
+        let g = self.raw_jt(xs, t_net, ms)?;
+        match self.param {
+            Parameterization::Eps => Ok(g),
+            // ε = (x − μ x̂₀)/σ ⇒ J_εᵀ m = (m − μ J_x0ᵀ m)/σ.
+            Parameterization::X0 => Ok(ms
+                .iter()
+                .zip(g)
+                .map(|(m, g)| (m - &(g * mu)) / sigma)
+                .collect()),
+            Parameterization::Velocity => Err(Error::Unsupported(
+                "velocity model used as a diffusion model".into(),
+            )),
+        }
+    }
+
+    /// J_vᵀ m alone (see [`raw_jt`](Self::raw_jt)), for a flow model of any parameterization.
+    pub fn velocity_jt(&self, xs: &[Img], t: f64, ms: &[Img]) -> Result<Vec<Img>> {
+        let g = self.raw_jt(xs, self.time.flow(t), ms)?;
+        match self.param {
+            Parameterization::Velocity => Ok(g),
+            // v = (x̂₁ − x)/(1 − t) ⇒ J_vᵀ m = (J_x1ᵀ m − m)/(1 − t).
+            Parameterization::X0 => {
+                Ok(ms.iter().zip(g).map(|(m, g)| (g - m) / (1.0 - t)).collect())
+            }
+            Parameterization::Eps => {
+                Err(Error::Unsupported("eps model used as a flow model".into()))
             }
         }
     }
@@ -309,6 +367,10 @@ fn check_finite(x: &Array4<f64>) -> Result<()> {
 }
 
 pub mod card;
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
+#[cfg(feature = "tract")]
+pub mod tract;
 
 /// Which engine runs ONNX graphs (spec `runtime.engine`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -361,12 +423,203 @@ pub struct LoadedModel {
     pub denoiser: Box<dyn Denoiser>,
 }
 
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("dir", &self.dir)
+            .field("card", &self.card)
+            .field("engine", &self.denoiser.engine())
+            .finish()
+    }
+}
+
 /// Load a model directory (card + graphs) with the engine `opts` asks for.
+///
+/// `engine: auto` takes ONNX Runtime when its library is found (`ORT_DYLIB_PATH`, an importable
+/// `onnxruntime` Python package, system paths) and the embedded tract engine otherwise. Errors name the
+/// directory or file and the problem; a graph whose inputs/outputs contradict the card is an error here.
 pub fn load(dir: &std::path::Path, opts: &RuntimeOptions) -> Result<LoadedModel> {
-    let _ = opts;
+    if opts.batch_size == 0 {
+        return Err(Error::invalid("runtime.batch_size", 0, ">= 1"));
+    }
+    if !dir.is_dir() {
+        return Err(Error::Model {
+            path: dir.to_path_buf(),
+            message: "not a directory (expected a model directory holding model.yaml)".into(),
+        });
+    }
     let card = card::ModelCard::load(dir)?;
-    Err(Error::Unsupported(format!(
-        "no ONNX engine is built in yet (model {})",
-        card.name
-    )))
+    let denoiser: Box<dyn Denoiser> = match opts.engine {
+        EngineChoice::Tract => load_tract(dir, &card, opts)?,
+        EngineChoice::OnnxRuntime => load_ort(dir, &card, opts)?,
+        EngineChoice::Auto => match ort_available() {
+            Ok(()) => load_ort(dir, &card, opts)?,
+            Err(why) => {
+                tracing::info!(
+                    "onnx runtime not available ({why}); using the embedded tract engine"
+                );
+                load_tract(dir, &card, opts)?
+            }
+        },
+    };
+    Ok(LoadedModel {
+        dir: dir.to_path_buf(),
+        card,
+        denoiser,
+    })
+}
+
+/// Whether the ONNX Runtime library can be found and loaded (`Err` says why not).
+pub fn ort_available() -> std::result::Result<(), String> {
+    #[cfg(feature = "onnxruntime")]
+    {
+        onnxruntime::runtime().map(|_| ())
+    }
+    #[cfg(not(feature = "onnxruntime"))]
+    {
+        Err("conjure was built without the onnxruntime feature".into())
+    }
+}
+
+#[cfg(feature = "onnxruntime")]
+fn load_ort(
+    dir: &std::path::Path,
+    card: &card::ModelCard,
+    opts: &RuntimeOptions,
+) -> Result<Box<dyn Denoiser>> {
+    Ok(Box::new(onnxruntime::OrtDenoiser::load(dir, card, opts)?))
+}
+
+#[cfg(not(feature = "onnxruntime"))]
+fn load_ort(
+    dir: &std::path::Path,
+    _: &card::ModelCard,
+    _: &RuntimeOptions,
+) -> Result<Box<dyn Denoiser>> {
+    Err(Error::Model {
+        path: dir.to_path_buf(),
+        message: "engine onnxruntime asked for, but conjure was built without it".into(),
+    })
+}
+
+#[cfg(feature = "tract")]
+fn load_tract(
+    dir: &std::path::Path,
+    card: &card::ModelCard,
+    opts: &RuntimeOptions,
+) -> Result<Box<dyn Denoiser>> {
+    Ok(Box::new(tract::TractDenoiser::load(dir, card, opts)?))
+}
+
+#[cfg(not(feature = "tract"))]
+fn load_tract(
+    dir: &std::path::Path,
+    _: &card::ModelCard,
+    _: &RuntimeOptions,
+) -> Result<Box<dyn Denoiser>> {
+    Err(Error::Model {
+        path: dir.to_path_buf(),
+        message: "engine tract asked for, but conjure was built without it".into(),
+    })
+}
+
+/// One f32 chunk of a batch, as ONNX backends feed it: x [n, C, H, W], t [n] and, for VJP graphs, the
+/// cotangent.
+#[cfg_attr(not(any(feature = "tract", feature = "onnxruntime")), allow(dead_code))]
+pub(crate) struct F32Chunk {
+    pub x: ndarray::Array4<f32>,
+    pub t: ndarray::Array1<f32>,
+    pub cot: Option<ndarray::Array4<f32>>,
+}
+
+/// Check a batch against the card's image `[C, H, W]`: x [B, C, H, W], t [B], cotangent like x.
+#[cfg_attr(not(any(feature = "tract", feature = "onnxruntime")), allow(dead_code))]
+pub(crate) fn check_batch(
+    image: [usize; 3],
+    x: ArrayView4<f64>,
+    t: &[f64],
+    cot: Option<ArrayView4<f64>>,
+) -> Result<()> {
+    let (b, c, h, w) = x.dim();
+    if [c, h, w] != image {
+        return Err(Error::Shape(format!(
+            "input batch of images {c}x{h}x{w} (C x H x W) for a model of {}x{}x{}",
+            image[0], image[1], image[2]
+        )));
+    }
+    if t.len() != b {
+        return Err(Error::Shape(format!(
+            "{} time values for a batch of {b} images",
+            t.len()
+        )));
+    }
+    if let Some(cot) = &cot {
+        if cot.dim() != x.dim() {
+            return Err(Error::Shape(format!(
+                "cotangent of shape {:?} for inputs of shape {:?}",
+                cot.shape(),
+                x.shape()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Shared batching for the ONNX backends: check shapes against the card's image `[C, H, W]`, convert the
+/// f64 batch to f32, split it into network calls of at most `max_batch` samples (exactly `fixed_batch`
+/// when the graph has a fixed batch dimension; the last call is then padded by repeating its last sample
+/// and the padding's outputs are dropped), run `call` on each chunk and reassemble its `n_out` outputs
+/// ([n, C, H, W] each) as f64. Each sample's result is computed from that sample alone.
+#[cfg_attr(not(any(feature = "tract", feature = "onnxruntime")), allow(dead_code))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_batched(
+    image: [usize; 3],
+    x: ArrayView4<f64>,
+    t: &[f64],
+    cot: Option<ArrayView4<f64>>,
+    max_batch: usize,
+    fixed_batch: Option<usize>,
+    n_out: usize,
+    mut call: impl FnMut(F32Chunk) -> Result<Vec<ndarray::Array4<f32>>>,
+) -> Result<Vec<Array4<f64>>> {
+    check_batch(image, x, t, cot)?;
+    let (b, c, h, w) = x.dim();
+    let mut outs: Vec<Array4<f64>> = (0..n_out).map(|_| Array4::zeros((b, c, h, w))).collect();
+    let step = fixed_batch.unwrap_or(max_batch.max(1));
+    let mut start = 0;
+    while start < b {
+        let len = step.min(b - start);
+        let n = fixed_batch.unwrap_or(len);
+        let src = |i: usize| start + i.min(len - 1);
+        let to_f32 = |a: &ArrayView4<f64>| {
+            Array4::from_shape_fn((n, c, h, w), |(i, k, y, z)| a[[src(i), k, y, z]] as f32)
+        };
+        let chunk = F32Chunk {
+            x: to_f32(&x),
+            t: ndarray::Array1::from_shape_fn(n, |i| t[src(i)] as f32),
+            cot: cot.as_ref().map(to_f32),
+        };
+        let res = call(chunk)?;
+        if res.len() != n_out {
+            return Err(Error::Shape(format!(
+                "the graph returned {} outputs (expected {n_out})",
+                res.len()
+            )));
+        }
+        for (o, r) in outs.iter_mut().zip(res) {
+            if r.dim() != (n, c, h, w) {
+                return Err(Error::Shape(format!(
+                    "the graph returned an output of shape {:?} (expected {:?})",
+                    r.shape(),
+                    [n, c, h, w]
+                )));
+            }
+            o.slice_mut(ndarray::s![start..start + len, .., .., ..])
+                .zip_mut_with(&r.slice(ndarray::s![..len, .., .., ..]), |d, s| {
+                    *d = *s as f64
+                });
+        }
+        start += len;
+    }
+    Ok(outs)
 }

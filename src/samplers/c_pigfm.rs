@@ -78,7 +78,7 @@
 
 use super::{quad, ModelSchedule, Problem, Sampler, SamplerConfig};
 use crate::error::{Error, Result};
-use crate::model::{JacobianMode, ModelKind, Network, Parameterization};
+use crate::model::{ModelKind, Network};
 use crate::operators::{Img, LinearOperator};
 
 /// How the Jacobian term of the update is discretized (algorithms.md §9.4).
@@ -361,18 +361,10 @@ pub(crate) fn check_flow_batch(sampler: &str, net: &Network, problems: &[Problem
     Ok(())
 }
 
-/// g = J_vᵀ m for a batch at flow time t, per the network's Jacobian mode. In `identity` mode the
-/// network Jacobian is dropped without a second forward: J_v = 0 for a velocity network, and
-/// J_v = −I/(1 − t) for an x̂₁ network (v = (x̂₁ − x)/(1 − t) with J_x̂₁ dropped), as
-/// [`Network::velocity_vjp`] defines it.
+/// g = J_vᵀ m for a batch at flow time t, per the network's Jacobian mode, without recomputing v
+/// (see [`Network::velocity_jt`]: 1 VJP, 2 extra forwards, or none in `identity` mode).
 pub(crate) fn velocity_jt(net: &Network, xs: &[Img], t: f64, ms: &[Img]) -> Result<Vec<Img>> {
-    if net.jacobian == JacobianMode::Identity {
-        return Ok(match net.param {
-            Parameterization::X0 => ms.iter().map(|m| m * (-1.0 / (1.0 - t))).collect(),
-            _ => ms.iter().map(|m| Img::zeros(m.raw_dim())).collect(),
-        });
-    }
-    Ok(net.velocity_vjp(xs, t, ms)?.1)
+    net.velocity_jt(xs, t, ms)
 }
 
 impl Sampler for CPigfm {

@@ -108,7 +108,11 @@ impl DdpmDiscrete {
         }
     }
 
-    /// The `ddpm_uniform` grid: skip = N div steps, [0, skip, 2 skip, …] (values < N).
+    /// The `ddpm_uniform` grid with exactly `steps` points: i·N/steps rounded down, i = 0..steps.
+    ///
+    /// When `steps` divides N this is the official grid (skip = N div steps, [0, skip, 2 skip, …]); the
+    /// official code gives *more* points than asked otherwise (N = 1000, steps = 3 → 4 points), which
+    /// would break "steps = NFE", so we space `steps` points as evenly as integers allow instead.
     pub fn uniform_grid(&self, steps: usize) -> Result<Vec<i64>> {
         let n = self.len();
         if steps == 0 || steps > n {
@@ -118,8 +122,7 @@ impl DdpmDiscrete {
                 format!("1..={n} for a {n}-step schedule"),
             ));
         }
-        let skip = n / steps;
-        Ok((0..n).step_by(skip).map(|i| i as i64).collect())
+        Ok((0..steps).map(|i| (i * n / steps) as i64).collect())
     }
 
     /// The continuous VP schedule matching linear betas (β_min = N·beta_start, β_max = N·beta_end).
@@ -213,6 +216,8 @@ mod tests {
         assert_eq!(g[1], 50);
         assert_eq!(*g.last().unwrap(), 950);
         assert_eq!(d.uniform_grid(1000).unwrap().len(), 1000);
+        assert_eq!(d.uniform_grid(3).unwrap(), vec![0, 333, 666]);
+        assert_eq!(d.uniform_grid(7).unwrap().len(), 7);
         assert!(d.uniform_grid(0).is_err());
     }
 

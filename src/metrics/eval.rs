@@ -1,0 +1,448 @@
+//! Directory evaluation, the library behind `conjure eval`: pair reference (clean) and restored files by
+//! relative path, compute [`ImageMetrics`] for each pair, and summarize the run.
+//!
+//! * **Pairing.** Files are matched by their path relative to each root *without the extension*, so
+//!   `clean/shirt-0.png` pairs with `restored/shirt-0.tiff` or `restored/shirt-0.npy`. When a restored
+//!   directory holds several files with the same stem, the one with the reference's extension wins, then
+//!   png, tiff, jpeg, npy in that order. Reference files without a restored partner are reported as
+//!   missing; restored files without a reference are listed as unmatched and otherwise ignored.
+//! * **Values.** Every image is brought to [0, 1]: 8-bit and 16-bit integers are divided by 255 and
+//!   65535, float images are taken as they are, and `.npy` arrays (float32 or float64, shaped (H, W),
+//!   (C, H, W) or (1, C, H, W); the pipeline writes them in the model's range) are mapped from
+//!   [`EvalOptions::npy_range`] to [0, 1] without clamping. Alpha channels are dropped. Metrics then use
+//!   data range 1. Decoding goes through the `image` crate directly.
+//! * **Consistency.** With a measurements directory and a [`Degradation`], each restored x̂ is also scored
+//!   by ‖H x̂ − y‖ / ‖y‖, with y the measurement file paired by the same rule, both in [0, 1] pixel values
+//!   (for operators that keep constants — averaging, blur, masks, colorize — this equals the ratio in the
+//!   model's range up to the scaling of ‖y‖).
+//!
+//! One bad pair never stops the run: its error is recorded in its [`ImageRecord`] and the others go on.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array2, Array3, ArrayD, Axis, Ix3};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::{consistency, ImageMetrics, Summary};
+use crate::error::{Error, Result};
+use crate::operators::{Degradation, Img};
+
+/// File extensions `conjure eval` reads, in order of preference when several files share a stem.
+pub const EXTENSIONS: &[&str] = &["png", "tiff", "tif", "jpg", "jpeg", "npy"];
+
+/// A file found under a root, keyed by its relative path without extension (`/`-separated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Relative path without extension, `/`-separated (`shirts/shirt-0`).
+    pub key: String,
+    /// The file's full path.
+    pub path: PathBuf,
+}
+
+fn extension_of(path: &Path) -> Option<String> {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .filter(|e| EXTENSIONS.contains(&e.as_str()))
+}
+
+fn rank(ext: &str) -> usize {
+    EXTENSIONS
+        .iter()
+        .position(|e| *e == ext)
+        .unwrap_or(usize::MAX)
+}
+
+/// Every readable image file under `root` (recursive), grouped by key, sorted by key. A plain file as
+/// `root` is a one-entry list keyed by its file stem.
+pub fn scan(root: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>> {
+    let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
+    let mut map: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    if meta.is_file() {
+        let stem = root
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        map.entry(stem).or_default().push(root.to_path_buf());
+        return Ok(map);
+    }
+    for entry in walkdir::WalkDir::new(root)
+        .follow_links(true)
+        .sort_by_file_name()
+    {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(root).to_path_buf();
+            Error::io(path, e.into())
+        })?;
+        if !entry.file_type().is_file() || extension_of(entry.path()).is_none() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
+        let key = rel
+            .with_extension("")
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/");
+        map.entry(key).or_default().push(entry.path().to_path_buf());
+    }
+    Ok(map)
+}
+
+/// Pick one of several files sharing a stem: the reference's extension first, then [`EXTENSIONS`] order.
+fn choose(candidates: &[PathBuf], prefer: Option<&str>) -> PathBuf {
+    let mut c = candidates.to_vec();
+    c.sort_by_key(|p| {
+        let ext = extension_of(p).unwrap_or_default();
+        (Some(ext.as_str()) != prefer, rank(&ext), p.clone())
+    });
+    c[0].clone()
+}
+
+/// The result of pairing a reference tree with a restored tree.
+#[derive(Debug, Clone, Default)]
+pub struct Pairing {
+    /// (key, reference file, restored file), sorted by key.
+    pub pairs: Vec<(String, PathBuf, PathBuf)>,
+    /// Reference keys with no restored file.
+    pub missing: Vec<String>,
+    /// Restored keys with no reference file.
+    pub unmatched: Vec<String>,
+}
+
+/// Pair the files under `reference` and `restored` by relative path, ignoring extensions.
+pub fn pair(reference: &Path, restored: &Path) -> Result<Pairing> {
+    let refs = scan(reference)?;
+    let outs = scan(restored)?;
+    let mut pairing = Pairing::default();
+    for (key, files) in &refs {
+        let r = choose(files, None);
+        match outs.get(key) {
+            Some(cands) => {
+                let ext = extension_of(&r);
+                let o = choose(cands, ext.as_deref());
+                pairing.pairs.push((key.clone(), r, o));
+            }
+            None => pairing.missing.push(key.clone()),
+        }
+    }
+    pairing.unmatched = outs
+        .keys()
+        .filter(|k| !refs.contains_key(*k))
+        .cloned()
+        .collect();
+    Ok(pairing)
+}
+
+fn image_err(path: &Path, message: impl ToString) -> Error {
+    Error::Image {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+/// Decode an image file (png/tiff/jpeg by content, `.npy` by extension) to (C, H, W) in [0, 1], C = 1 for
+/// gray and 3 for color; alpha is dropped. `npy_range` is the value range of `.npy` arrays.
+pub fn load(path: &Path, npy_range: [f64; 2]) -> Result<Img> {
+    if extension_of(path).as_deref() == Some("npy") {
+        return load_npy(path, npy_range);
+    }
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    let img = reader.decode().map_err(|e| image_err(path, e))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let color = img.color();
+    let channels = if color.has_color() { 3 } else { 1 };
+    let depth = color.bytes_per_pixel() / color.channel_count();
+    let values: Vec<f64> = match (depth, channels) {
+        (1, 1) => img
+            .to_luma8()
+            .into_raw()
+            .iter()
+            .map(|&v| v as f64 / 255.0)
+            .collect(),
+        (1, _) => img
+            .to_rgb8()
+            .into_raw()
+            .iter()
+            .map(|&v| v as f64 / 255.0)
+            .collect(),
+        (2, 1) => img
+            .to_luma16()
+            .into_raw()
+            .iter()
+            .map(|&v| v as f64 / 65535.0)
+            .collect(),
+        (2, _) => img
+            .to_rgb16()
+            .into_raw()
+            .iter()
+            .map(|&v| v as f64 / 65535.0)
+            .collect(),
+        (_, 1) => img
+            .to_luma32f()
+            .into_raw()
+            .iter()
+            .map(|&v| v as f64)
+            .collect(),
+        (_, _) => img
+            .to_rgb32f()
+            .into_raw()
+            .iter()
+            .map(|&v| v as f64)
+            .collect(),
+    };
+    // HWC → CHW.
+    let hwc = Array3::from_shape_vec((h, w, channels), values)
+        .map_err(|e| image_err(path, format!("unexpected pixel buffer: {e}")))?;
+    Ok(hwc.permuted_axes([2, 0, 1]).as_standard_layout().to_owned())
+}
+
+fn load_npy(path: &Path, range: [f64; 2]) -> Result<Img> {
+    let [lo, hi] = range;
+    if !(lo.is_finite() && hi.is_finite() && hi > lo) {
+        return Err(Error::invalid(
+            "npy range",
+            format!("{lo}:{hi}"),
+            "finite LO:HI with LO < HI",
+        ));
+    }
+    let arr: ArrayD<f64> = match ndarray_npy::read_npy::<_, ArrayD<f32>>(path) {
+        Ok(a) => a.mapv(|v| v as f64),
+        Err(_) => ndarray_npy::read_npy::<_, ArrayD<f64>>(path)
+            .map_err(|e| image_err(path, format!("not a float32/float64 .npy array: {e}")))?,
+    };
+    let arr = match arr.ndim() {
+        2 => arr.insert_axis(Axis(0)),
+        3 => arr,
+        4 if arr.shape()[0] == 1 => arr.index_axis_move(Axis(0), 0),
+        _ => {
+            return Err(image_err(
+                path,
+                format!(
+                    "array shape {:?} (expected (H, W), (C, H, W) or (1, C, H, W))",
+                    arr.shape()
+                ),
+            ))
+        }
+    };
+    let arr = arr
+        .into_dimensionality::<Ix3>()
+        .map_err(|e| image_err(path, e))?;
+    Ok(arr.mapv(|v| (v - lo) / (hi - lo)))
+}
+
+/// Parse a compact operator description for consistency checks:
+/// `denoise`, `colorize`, `sr-average:S`, `sr-bicubic:S`, `deblur-gaussian:SIZE:SIGMA`,
+/// `deblur-uniform:SIZE`, `inpaint:MASK.png` (white = known; the mask must have the image's size).
+pub fn parse_operator(text: &str) -> Result<Degradation> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let bad = |expected: &str| Error::invalid("operator", text, expected);
+    let int = |s: &str| s.parse::<usize>().ok().filter(|v| *v >= 1);
+    let threshold = crate::operators::DEFAULT_SVD_THRESHOLD;
+    match parts.as_slice() {
+        ["denoise"] => Ok(Degradation::Denoise),
+        ["colorize"] => Ok(Degradation::Colorize),
+        ["sr-average", s] => Ok(Degradation::SrAverage {
+            scale: int(s).ok_or_else(|| bad("sr-average:SCALE with SCALE >= 1"))?,
+        }),
+        ["sr-bicubic", s] => Ok(Degradation::SrBicubic {
+            scale: int(s).ok_or_else(|| bad("sr-bicubic:SCALE with SCALE >= 1"))?,
+            threshold,
+        }),
+        ["deblur-gaussian", size, sigma] => {
+            let size = int(size)
+                .filter(|v| v % 2 == 1)
+                .ok_or_else(|| bad("deblur-gaussian:SIZE:SIGMA with odd SIZE"))?;
+            let sigma = sigma
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .ok_or_else(|| bad("deblur-gaussian:SIZE:SIGMA with SIGMA > 0"))?;
+            Ok(Degradation::DeblurGaussian {
+                size,
+                sigma,
+                threshold,
+            })
+        }
+        ["deblur-uniform", size] => Ok(Degradation::DeblurUniform {
+            size: int(size).ok_or_else(|| bad("deblur-uniform:SIZE with SIZE >= 1"))?,
+            threshold,
+        }),
+        ["inpaint", rest @ ..] if !rest.is_empty() => {
+            let path = PathBuf::from(rest.join(":"));
+            let m = load(&path, [0.0, 1.0])?;
+            let mask: Array2<f64> = m
+                .mean_axis(Axis(0))
+                .expect("an image has at least one channel")
+                .mapv(|v| if v > 0.5 { 1.0 } else { 0.0 });
+            Ok(Degradation::Inpaint { mask })
+        }
+        _ => Err(bad(
+            "denoise | colorize | sr-average:S | sr-bicubic:S | deblur-gaussian:SIZE:SIGMA \
+             | deblur-uniform:SIZE | inpaint:MASK.png",
+        )),
+    }
+}
+
+/// What to evaluate.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Clean images (file or directory).
+    pub reference: PathBuf,
+    /// Restored images (file or directory).
+    pub restored: PathBuf,
+    /// Measurements y (file or directory), paired by the same rule; used for consistency and plots.
+    pub measurements: Option<PathBuf>,
+    /// The degradation H for the consistency metric (needs `measurements`).
+    pub operator: Option<Degradation>,
+    /// Value range of `.npy` files (the model's range), mapped to [0, 1].
+    pub npy_range: [f64; 2],
+}
+
+impl EvalOptions {
+    /// Reference and restored roots with no measurements, `.npy` in [−1, 1].
+    pub fn new(reference: impl Into<PathBuf>, restored: impl Into<PathBuf>) -> Self {
+        EvalOptions {
+            reference: reference.into(),
+            restored: restored.into(),
+            measurements: None,
+            operator: None,
+            npy_range: [-1.0, 1.0],
+        }
+    }
+}
+
+/// One reference image and what became of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageRecord {
+    /// Relative path without extension.
+    pub name: String,
+    /// Reference file.
+    pub reference: PathBuf,
+    /// Restored file.
+    pub restored: PathBuf,
+    /// Measurement file, when a measurements root was given and holds one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measurement: Option<PathBuf>,
+    /// The metrics; absent when the pair could not be evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<ImageMetrics>,
+    /// Why the pair (or its consistency) could not be evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A whole evaluation: per-image records, the files that could not be paired, and the means.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// Reference root.
+    pub reference: PathBuf,
+    /// Restored root.
+    pub restored: PathBuf,
+    /// Measurements root, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measurements: Option<PathBuf>,
+    /// Data range the metrics used (values are scaled to [0, 1]).
+    pub data_range: f64,
+    /// One record per paired reference image, sorted by name.
+    pub images: Vec<ImageRecord>,
+    /// Reference images with no restored file.
+    pub missing: Vec<String>,
+    /// Restored files with no reference (ignored).
+    pub unmatched: Vec<String>,
+    /// Means over the images that were evaluated.
+    pub summary: Summary,
+}
+
+impl EvalReport {
+    /// Number of reference images that are missing or failed.
+    pub fn failures(&self) -> usize {
+        self.missing.len() + self.images.iter().filter(|r| r.error.is_some()).count()
+    }
+
+    /// Write the report as pretty JSON (non-finite numbers, e.g. the PSNR of an exact restoration, are
+    /// written as `null`).
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::Numerical(format!("cannot serialize report: {e}")))?;
+        std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+    }
+}
+
+fn evaluate_one(
+    reference: &Path,
+    restored: &Path,
+    measurement: Option<&Path>,
+    opts: &EvalOptions,
+) -> Result<ImageMetrics> {
+    let x = load(reference, opts.npy_range)?;
+    let x_hat = load(restored, opts.npy_range)?;
+    let mut m = ImageMetrics::compare(&x, &x_hat, 1.0)?;
+    if let (Some(yp), Some(deg)) = (measurement, &opts.operator) {
+        let y = load(yp, opts.npy_range)?;
+        let d = x_hat.dim();
+        let op = deg.build([d.0, d.1, d.2])?;
+        m.consistency = Some(consistency(op.as_ref(), &x_hat, &y)?);
+    }
+    Ok(m)
+}
+
+/// Pair, load and score every image (in parallel); see the module docs for the rules.
+pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
+    if opts.operator.is_some() && opts.measurements.is_none() {
+        return Err(Error::invalid(
+            "operator",
+            "given without measurements",
+            "a measurements directory to check consistency against",
+        ));
+    }
+    let pairing = pair(&opts.reference, &opts.restored)?;
+    let measurements = match &opts.measurements {
+        Some(root) => Some(scan(root)?),
+        None => None,
+    };
+    let images: Vec<ImageRecord> = pairing
+        .pairs
+        .par_iter()
+        .map(|(key, r, o)| {
+            let measurement = measurements
+                .as_ref()
+                .and_then(|m| m.get(key))
+                .map(|c| choose(c, None));
+            let mut record = ImageRecord {
+                name: key.clone(),
+                reference: r.clone(),
+                restored: o.clone(),
+                measurement: measurement.clone(),
+                metrics: None,
+                error: None,
+            };
+            if opts.operator.is_some() && measurement.is_none() {
+                record.error = Some(format!("no measurement file for {key}"));
+                return record;
+            }
+            match evaluate_one(r, o, measurement.as_deref(), opts) {
+                Ok(m) => record.metrics = Some(m),
+                Err(e) => record.error = Some(e.to_string()),
+            }
+            record
+        })
+        .collect();
+    let summary = Summary::of(images.iter().filter_map(|r| r.metrics.as_ref()));
+    Ok(EvalReport {
+        reference: opts.reference.clone(),
+        restored: opts.restored.clone(),
+        measurements: opts.measurements.clone(),
+        data_range: 1.0,
+        images,
+        missing: pairing.missing,
+        unmatched: pairing.unmatched,
+        summary,
+    })
+}

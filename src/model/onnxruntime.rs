@@ -1,0 +1,859 @@
+//! The ONNX Runtime backend, through `ort` with `load-dynamic`: the shared library is found and loaded at
+//! run time, never downloaded at build time.
+//!
+//! ## Finding the library
+//! 1. `ORT_DYLIB_PATH` (a file);
+//! 2. an importable `onnxruntime` Python package (`pip install onnxruntime==1.31.1`, or `onnxruntime-gpu`
+//!    for CUDA/TensorRT): `<package>/capi/libonnxruntime.so*`;
+//! 3. beside the `conjure` executable, `LD_LIBRARY_PATH`, and the usual system library directories.
+//!
+//! A library that cannot be found or loaded is an error (`ort::init_from` reports it instead of
+//! panicking), which lets `engine: auto` fall back to the embedded tract engine.
+//!
+//! ## Execution providers
+//! `runtime.providers` are registered in priority order (tensorrt, cuda, cpu). Before a GPU provider is
+//! registered, pip-installed NVIDIA libraries (`site-packages/nvidia/*/lib`, `site-packages/tensorrt_libs`)
+//! are preloaded, so no `LD_LIBRARY_PATH` is needed. A provider that fails to register is reported with a
+//! warning; when the list names no `cpu`, GPU-only was asked for: then no GPU provider registering is an
+//! error, and so is any compute node (convolution, matrix product) that ONNX Runtime still places on the
+//! CPU (small shape computations stay on the CPU by ONNX Runtime's design and are allowed). Which
+//! providers actually run the graph is read from ONNX Runtime's own session profile of one warm-up call
+//! at load time and reported by [`Denoiser::engine`], most nodes first, e.g. `onnxruntime 1.31.1/cuda+cpu`
+//! or `onnxruntime 1.31.1/cpu`.
+//!
+//! TensorRT builds engines for the fixed shapes it sees; its engine and timing caches go to
+//! `runtime.trt_cache` so later runs do not rebuild them. Inference runs in f32; batches larger than
+//! `runtime.batch_size` are split into several calls.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use ndarray::{Array4, ArrayView4};
+use ort::ep::{self, ExecutionProviderDispatch};
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::session::Session;
+use ort::value::{Tensor, ValueType};
+
+use super::card::{GraphIo, GraphRole, ModelCard, TensorDecl};
+use super::{run_batched, Denoiser, F32Chunk, Provider, RuntimeOptions};
+use crate::error::{Error, Result};
+
+/// The loaded ONNX Runtime library and its environment (one per process).
+pub struct OrtRuntime {
+    env: ort::environment::Environment,
+    /// The library file that was loaded.
+    pub library: PathBuf,
+    /// Its version, e.g. `1.31.1`.
+    pub version: String,
+}
+
+static RUNTIME: OnceLock<std::result::Result<OrtRuntime, String>> = OnceLock::new();
+
+/// Find and load the ONNX Runtime library once per process; `Err` says where it looked or why loading
+/// failed.
+pub fn runtime() -> std::result::Result<&'static OrtRuntime, String> {
+    RUNTIME
+        .get_or_init(|| {
+            let library = find_library()?;
+            let builder = ort::init_from(&library)
+                .map_err(|e| format!("cannot load {}: {e}", library.display()))?;
+            let env = builder
+                .with_name("conjure")
+                .build()
+                .map_err(|e| format!("cannot create an environment: {e}"))?;
+            let version = library_version(&library).unwrap_or_else(|| "unknown".into());
+            tracing::info!("onnx runtime {version} from {}", library.display());
+            Ok(OrtRuntime {
+                env,
+                library,
+                version,
+            })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn lib_file_name() -> String {
+    format!(
+        "{}onnxruntime{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+/// Where `runtime()` looks for the library, in order. Public for `conjure model inspect`.
+pub fn find_library() -> std::result::Result<PathBuf, String> {
+    let mut looked = Vec::new();
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        return Err(format!("ORT_DYLIB_PATH={} is not a file", p.display()));
+    }
+    looked.push("ORT_DYLIB_PATH (unset)".to_string());
+    let py = python_site();
+    if let Some(pkg) = &py.onnxruntime {
+        let capi = pkg.join("capi");
+        if let Some(f) = library_in(&capi) {
+            return Ok(f);
+        }
+        looked.push(format!("{} (no {}*)", capi.display(), lib_file_name()));
+    } else {
+        looked.push("python package onnxruntime (not importable)".into());
+    }
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(d) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        dirs.push(d);
+    }
+    if let Some(v) = std::env::var_os("LD_LIBRARY_PATH") {
+        dirs.extend(std::env::split_paths(&v));
+    }
+    for d in [
+        "/usr/local/lib",
+        "/usr/local/lib64",
+        "/usr/lib",
+        "/usr/lib64",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/opt/onnxruntime/lib",
+    ] {
+        dirs.push(PathBuf::from(d));
+    }
+    for d in &dirs {
+        if let Some(f) = library_in(d) {
+            return Ok(f);
+        }
+    }
+    looked
+        .push("the executable's directory, LD_LIBRARY_PATH and system library directories".into());
+    Err(format!(
+        "no onnx runtime library found (looked in: {}); install it with \
+         `python3 -m pip install onnxruntime==1.31.1` or set ORT_DYLIB_PATH",
+        looked.join("; ")
+    ))
+}
+
+/// `libonnxruntime.so` or its most specific versioned file in `dir`.
+fn library_in(dir: &Path) -> Option<PathBuf> {
+    let base = lib_file_name();
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n == base || n.starts_with(&format!("{base}.")))
+        })
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    found.into_iter().next()
+}
+
+/// The version from a versioned file name (`libonnxruntime.so.1.31.1`, following symlinks), else from the
+/// library's build info (`git-branch=rel-1.31.1`).
+fn library_version(lib: &Path) -> Option<String> {
+    let from_name = |p: &Path| {
+        let name = p.file_name()?.to_str()?;
+        let rest = name.strip_prefix(&format!("{}.", lib_file_name()))?;
+        (rest.split('.').count() >= 2 && rest.split('.').all(|s| s.parse::<u32>().is_ok()))
+            .then(|| rest.to_string())
+    };
+    if let Some(v) = from_name(lib) {
+        return Some(v);
+    }
+    if let Some(v) = std::fs::canonicalize(lib).ok().and_then(|p| from_name(&p)) {
+        return Some(v);
+    }
+    let info = ort::info();
+    let i = info.find("rel-")?;
+    let v: String = info[i + 4..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    (!v.is_empty()).then_some(v)
+}
+
+/// What an importable Python knows: the `onnxruntime` package directory and the site-packages dirs.
+#[derive(Debug, Default, Clone)]
+struct PythonSite {
+    onnxruntime: Option<PathBuf>,
+    site_packages: Vec<PathBuf>,
+}
+
+fn python_site() -> PythonSite {
+    static SITE: OnceLock<PythonSite> = OnceLock::new();
+    SITE.get_or_init(|| {
+        const SCRIPT: &str = "import os, site, sys\n\
+            try:\n    import onnxruntime\n    print('ORT', os.path.dirname(onnxruntime.__file__))\n\
+            except Exception:\n    pass\n\
+            for p in site.getsitepackages() + [site.getusersitepackages()] + sys.path:\n    print('SITE', p)\n";
+        for exe in ["python3", "python"] {
+            let Ok(out) = Command::new(exe).arg("-c").arg(SCRIPT).output() else {
+                continue;
+            };
+            if !out.status.success() {
+                continue;
+            }
+            let mut site = PythonSite::default();
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(p) = line.strip_prefix("ORT ") {
+                    site.onnxruntime = Some(PathBuf::from(p));
+                } else if let Some(p) = line.strip_prefix("SITE ") {
+                    let p = PathBuf::from(p);
+                    if p.is_dir() && !site.site_packages.contains(&p) {
+                        site.site_packages.push(p);
+                    }
+                }
+            }
+            return site;
+        }
+        PythonSite::default()
+    })
+    .clone()
+}
+
+/// Preload the CUDA, cuDNN and TensorRT libraries of pip packages (`nvidia-*`, `tensorrt-cu*-libs`) so the
+/// GPU providers find them without `LD_LIBRARY_PATH`. Once per process; returns what was loaded.
+fn preload_nvidia() -> &'static [PathBuf] {
+    static DONE: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let site = python_site();
+        let mut roots = site.site_packages.clone();
+        if let Some(pkg) = site.onnxruntime.as_ref().and_then(|p| p.parent()) {
+            roots.insert(0, pkg.to_path_buf());
+        }
+        let mut dirs = Vec::new();
+        for root in &roots {
+            if let Ok(rd) = std::fs::read_dir(root.join("nvidia")) {
+                for e in rd.flatten() {
+                    for sub in ["lib", "lib64"] {
+                        let d = e.path().join(sub);
+                        if d.is_dir() {
+                            dirs.push(d);
+                        }
+                    }
+                }
+            }
+            let trt = root.join("tensorrt_libs");
+            if trt.is_dir() {
+                dirs.push(trt);
+            }
+        }
+        let wanted = |name: &str| {
+            ep::cuda::CUDA_DYLIBS.contains(&name)
+                || ep::cuda::CUDNN_DYLIBS.contains(&name)
+                || name.starts_with("libnvinfer")
+                || name.starts_with("libnvonnxparser")
+        };
+        let mut pending: Vec<PathBuf> = dirs
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flat_map(|rd| rd.flatten().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(wanted))
+            .collect();
+        pending.sort();
+        pending.dedup();
+        // Dependencies among these libraries resolve once their dependees are loaded: retry until no
+        // progress.
+        let mut loaded = Vec::new();
+        loop {
+            let before = pending.len();
+            pending.retain(|p| match ort::util::preload_dylib(p) {
+                Ok(()) => {
+                    loaded.push(p.clone());
+                    false
+                }
+                Err(_) => true,
+            });
+            if pending.is_empty() || pending.len() == before {
+                break;
+            }
+        }
+        for p in &pending {
+            tracing::warn!("could not preload {}", p.display());
+        }
+        if !loaded.is_empty() {
+            tracing::info!(
+                "preloaded {} nvidia libraries from pip packages",
+                loaded.len()
+            );
+        }
+        loaded
+    })
+}
+
+fn provider_name(p: Provider) -> &'static str {
+    match p {
+        Provider::TensorRt => "tensorrt",
+        Provider::Cuda => "cuda",
+        Provider::Cpu => "cpu",
+    }
+}
+
+/// Our short provider name for an ONNX Runtime execution-provider identifier.
+fn short_provider(ort_name: &str) -> String {
+    match ort_name {
+        "CPUExecutionProvider" => "cpu".into(),
+        "CUDAExecutionProvider" => "cuda".into(),
+        "TensorrtExecutionProvider" => "tensorrt".into(),
+        other => other
+            .strip_suffix("ExecutionProvider")
+            .unwrap_or(other)
+            .to_lowercase(),
+    }
+}
+
+/// A model's forward (and optional VJP) graph as ONNX Runtime sessions.
+pub struct OrtDenoiser {
+    forward: OrtGraph,
+    vjp: Option<OrtGraph>,
+    image: [usize; 3],
+    batch_size: usize,
+    version: String,
+}
+
+impl OrtDenoiser {
+    /// Create the sessions for the card's graphs in `dir` with the providers `opts` asks for.
+    pub fn load(dir: &Path, card: &ModelCard, opts: &RuntimeOptions) -> Result<Self> {
+        let rt = runtime().map_err(|message| Error::Model {
+            path: dir.to_path_buf(),
+            message: format!("engine onnxruntime: {message}"),
+        })?;
+        let img = &card.image;
+        let image = [img.channels, img.height, img.width];
+        let forward = OrtGraph::open(
+            rt,
+            &dir.join(&card.graphs.forward),
+            GraphRole::Forward,
+            card,
+            opts,
+        )?;
+        let vjp = match &card.graphs.vjp {
+            Some(g) => Some(OrtGraph::open(
+                rt,
+                &dir.join(g),
+                GraphRole::Vjp,
+                card,
+                opts,
+            )?),
+            None => None,
+        };
+        Ok(OrtDenoiser {
+            forward,
+            vjp,
+            image,
+            batch_size: opts.batch_size.max(1),
+            version: rt.version.clone(),
+        })
+    }
+
+    /// The providers that run each graph's nodes (most nodes first), e.g. `["cuda", "cpu"]`.
+    pub fn providers(&self) -> (Vec<String>, Option<Vec<String>>) {
+        (
+            self.forward.providers.clone(),
+            self.vjp.as_ref().map(|v| v.providers.clone()),
+        )
+    }
+}
+
+impl Denoiser for OrtDenoiser {
+    fn engine(&self) -> String {
+        let f = self.forward.providers.join("+");
+        match &self.vjp {
+            Some(v) if v.providers != self.forward.providers => format!(
+                "onnxruntime {}/{f} (vjp: {})",
+                self.version,
+                v.providers.join("+")
+            ),
+            _ => format!("onnxruntime {}/{f}", self.version),
+        }
+    }
+
+    fn predict(&self, x: ArrayView4<f64>, t: &[f64]) -> Result<Array4<f64>> {
+        let g = &self.forward;
+        let mut out = run_batched(
+            self.image,
+            x,
+            t,
+            None,
+            self.batch_size,
+            g.fixed_batch,
+            1,
+            |c| g.run(c),
+        )?;
+        Ok(out.remove(0))
+    }
+
+    fn has_vjp(&self) -> bool {
+        self.vjp.is_some()
+    }
+
+    fn vjp(
+        &self,
+        x: ArrayView4<f64>,
+        t: &[f64],
+        cot: ArrayView4<f64>,
+    ) -> Result<(Array4<f64>, Array4<f64>)> {
+        let Some(g) = &self.vjp else {
+            return Err(Error::Unsupported(
+                "onnxruntime: the model has no vjp graph; use jacobian: finite-difference or identity"
+                    .into(),
+            ));
+        };
+        let mut outs = run_batched(
+            self.image,
+            x,
+            t,
+            Some(cot),
+            self.batch_size,
+            g.fixed_batch,
+            2,
+            |c| g.run(c),
+        )?;
+        let vjp = outs.pop().expect("two outputs");
+        let out = outs.pop().expect("two outputs");
+        Ok((out, vjp))
+    }
+}
+
+/// One graph's session.
+struct OrtGraph {
+    path: PathBuf,
+    session: Mutex<Session>,
+    fixed_batch: Option<usize>,
+    /// Output names in the order the denoiser returns them.
+    out_names: Vec<&'static str>,
+    has_cot: bool,
+    /// Providers that run this graph's nodes, most nodes first.
+    providers: Vec<String>,
+}
+
+impl OrtGraph {
+    fn open(
+        rt: &OrtRuntime,
+        path: &Path,
+        role: GraphRole,
+        card: &ModelCard,
+        opts: &RuntimeOptions,
+    ) -> Result<Self> {
+        let err = |message: String| Error::Model {
+            path: path.to_path_buf(),
+            message,
+        };
+        let ort_err =
+            |what: &str, e: &dyn std::fmt::Display| err(format!("onnx runtime cannot {what}: {e}"));
+        let img = &card.image;
+        let trt_shapes = |n: usize| {
+            let im = format!("{n}x{}x{}x{}", img.channels, img.height, img.width);
+            match role {
+                GraphRole::Forward => format!("x:{im},t:{n}"),
+                GraphRole::Vjp => format!("x:{im},t:{n},cotangent:{im}"),
+            }
+        };
+        let mut builder = session_builder(rt, path, opts, &trt_shapes)?;
+        // Profile the warm-up call: ONNX Runtime's own record of which provider ran each node.
+        let profile_prefix = std::env::temp_dir().join(format!(
+            "conjure-ort-profile-{}-{}",
+            std::process::id(),
+            PROFILE_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        builder = builder
+            .with_profiling(&profile_prefix)
+            .map_err(|e| ort_err("enable profiling", &e))?;
+        let session = builder
+            .commit_from_file(path)
+            .map_err(|e| ort_err("load the graph", &e))?;
+        let io = session_io(&session);
+        let fixed_batch = card.check_graph_io(path, role, &io)?;
+        let out_names: Vec<&'static str> = match role {
+            GraphRole::Forward => vec!["out"],
+            GraphRole::Vjp => vec!["out", "vjp"],
+        };
+        let mut graph = OrtGraph {
+            path: path.to_path_buf(),
+            session: Mutex::new(session),
+            fixed_batch,
+            out_names,
+            has_cot: role == GraphRole::Vjp,
+            providers: Vec::new(),
+        };
+        let summary = graph.detect_providers(card)?;
+        graph.providers = summary.providers;
+        let asked_cpu = opts.providers.contains(&Provider::Cpu);
+        if !asked_cpu && !summary.cpu_compute.is_empty() {
+            return Err(err(format!(
+                "providers {:?} exclude cpu, but onnx runtime runs {} compute nodes on the cpu ({})",
+                opts.providers,
+                summary.cpu_compute.len(),
+                summary.cpu_compute.join(", ")
+            )));
+        }
+        let gpu_asked = opts.providers.iter().any(|p| *p != Provider::Cpu);
+        if gpu_asked && graph.providers.first().map(String::as_str) == Some("cpu") {
+            tracing::warn!(
+                "{}: a gpu provider was asked for, but onnx runtime runs most nodes on the cpu ({})",
+                path.display(),
+                graph.providers.join("+")
+            );
+        }
+        tracing::info!(
+            "{}: onnx runtime {} runs on {}",
+            path.display(),
+            rt.version,
+            graph.providers.join("+")
+        );
+        Ok(graph)
+    }
+
+    /// One warm-up call with ONNX Runtime's profiler on; the profile says which provider ran each node.
+    fn detect_providers(&mut self, card: &ModelCard) -> Result<ProfileSummary> {
+        let n = self.fixed_batch.unwrap_or(1);
+        let img = &card.image;
+        let zeros = || Array4::<f32>::zeros((n, img.channels, img.height, img.width));
+        self.run(F32Chunk {
+            x: zeros(),
+            t: ndarray::Array1::zeros(n),
+            cot: self.has_cot.then(zeros),
+        })?;
+        let file = self
+            .session
+            .get_mut()
+            .expect("session lock")
+            .end_profiling()
+            .map_err(|e| Error::Model {
+                path: self.path.clone(),
+                message: format!("onnx runtime cannot end profiling: {e}"),
+            })?;
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e));
+        let _ = std::fs::remove_file(&file);
+        summarize_profile(&text?).map_err(|message| Error::Model {
+            path: PathBuf::from(&file),
+            message,
+        })
+    }
+
+    fn run(&self, chunk: F32Chunk) -> Result<Vec<Array4<f32>>> {
+        let eng = |e: ort::Error| Error::Engine {
+            engine: "onnxruntime".into(),
+            message: format!("{}: {e}", self.path.display()),
+        };
+        let mut inputs = vec![
+            ("x", Tensor::from_array(chunk.x).map_err(eng)?.upcast()),
+            ("t", Tensor::from_array(chunk.t).map_err(eng)?.upcast()),
+        ];
+        if let Some(c) = chunk.cot {
+            inputs.push(("cotangent", Tensor::from_array(c).map_err(eng)?.upcast()));
+        }
+        let mut session = self.session.lock().map_err(|_| Error::Engine {
+            engine: "onnxruntime".into(),
+            message: format!(
+                "{}: session poisoned by an earlier panic",
+                self.path.display()
+            ),
+        })?;
+        let outputs = session.run(inputs).map_err(eng)?;
+        self.out_names
+            .iter()
+            .map(|name| {
+                let v = outputs.get(*name).ok_or_else(|| Error::Engine {
+                    engine: "onnxruntime".into(),
+                    message: format!("{}: no output {name}", self.path.display()),
+                })?;
+                let a = v.try_extract_array::<f32>().map_err(eng)?;
+                let a = a
+                    .into_dimensionality::<ndarray::Ix4>()
+                    .map_err(|e| Error::Shape(format!("{}: {name}: {e}", self.path.display())))?;
+                Ok(a.to_owned())
+            })
+            .collect()
+    }
+}
+
+/// What ONNX Runtime's session profile says about placement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ProfileSummary {
+    /// Providers that ran nodes, most nodes first (short names: `tensorrt`, `cuda`, `cpu`).
+    providers: Vec<String>,
+    /// Compute-heavy nodes (convolutions, matrix products) that ran on the cpu provider, `name (Op)`.
+    cpu_compute: Vec<String>,
+}
+
+/// Summarise a session profile (Chrome trace JSON): one `Node` event per node and phase, whose `args`
+/// carry `op_name` and `provider`. Small shape computations that GPU providers leave on the cpu by design
+/// are counted but are not compute nodes.
+fn summarize_profile(json: &str) -> std::result::Result<ProfileSummary, String> {
+    const COMPUTE: &[&str] = &[
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "MatMul",
+        "FusedConv",
+        "FusedGemm",
+        "FusedMatMul",
+        "Attention",
+        "MultiHeadAttention",
+        "Einsum",
+    ];
+    let events: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("unreadable onnx runtime profile: {e}"))?;
+    let mut nodes: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for ev in events.as_array().into_iter().flatten() {
+        if ev.get("cat").and_then(|c| c.as_str()) != Some("Node") {
+            continue;
+        }
+        let (Some(name), Some(provider)) = (
+            ev.get("name").and_then(|n| n.as_str()),
+            ev.pointer("/args/provider").and_then(|p| p.as_str()),
+        ) else {
+            continue;
+        };
+        let node = name
+            .trim_end_matches("_kernel_time")
+            .trim_end_matches("_fence_before")
+            .trim_end_matches("_fence_after")
+            .to_string();
+        let op = ev
+            .pointer("/args/op_name")
+            .and_then(|o| o.as_str())
+            .unwrap_or("")
+            .to_string();
+        nodes.insert(node, (short_provider(provider), op));
+    }
+    if nodes.is_empty() {
+        return Err("the onnx runtime profile names no provider".into());
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (p, _) in nodes.values() {
+        *counts.entry(p).or_default() += 1;
+    }
+    let mut by_count: Vec<(&str, usize)> = counts.into_iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    Ok(ProfileSummary {
+        providers: by_count.into_iter().map(|(p, _)| p.to_string()).collect(),
+        cpu_compute: nodes
+            .iter()
+            .filter(|(_, (p, op))| p == "cpu" && COMPUTE.contains(&op.as_str()))
+            .map(|(n, (_, op))| format!("{n} ({op})"))
+            .collect(),
+    })
+}
+
+static PROFILE_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A session builder with threads, optimization level and the providers registered in priority order
+/// (`trt_shapes(n)` gives TensorRT's input shapes for batch size n).
+fn session_builder(
+    rt: &OrtRuntime,
+    path: &Path,
+    opts: &RuntimeOptions,
+    trt_shapes: &dyn Fn(usize) -> String,
+) -> Result<SessionBuilder> {
+    let err = |message: String| Error::Model {
+        path: path.to_path_buf(),
+        message,
+    };
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        opts.threads
+    };
+    let mut builder = Session::builder(&rt.env)
+        .map_err(|e| err(format!("onnx runtime cannot create a session: {e}")))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| err(format!("onnx runtime optimization level: {e}")))?
+        .with_intra_threads(threads)
+        .map_err(|e| err(format!("invalid threads {threads}: {e}")))?;
+    let asked_cpu = opts.providers.contains(&Provider::Cpu);
+    if opts.providers.is_empty() {
+        return Err(Error::invalid(
+            "runtime.providers",
+            "[]",
+            "at least one of tensorrt, cuda, cpu",
+        ));
+    }
+    if opts.providers.iter().any(|p| *p != Provider::Cpu) {
+        preload_nvidia();
+    }
+    let mut registered = Vec::new();
+    let mut failures = Vec::new();
+    for &p in &opts.providers {
+        let dispatch: ExecutionProviderDispatch = match p {
+            Provider::TensorRt => {
+                // One engine for every batch size 1..=batch_size, so TensorRT never rebuilds it.
+                let max = opts.batch_size.max(1);
+                let mut trt = ep::TensorRT::default()
+                    .with_profile_min_shapes(trt_shapes(1))
+                    .with_profile_opt_shapes(trt_shapes(max))
+                    .with_profile_max_shapes(trt_shapes(max));
+                if let Some(dir) = &opts.trt_cache {
+                    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                    let d = dir.display().to_string();
+                    trt = trt
+                        .with_engine_cache(true)
+                        .with_engine_cache_path(&d)
+                        .with_timing_cache(true)
+                        .with_timing_cache_path(&d);
+                }
+                trt.build()
+            }
+            Provider::Cuda => ep::CUDA::default().build(),
+            Provider::Cpu => ep::CPU::default().build(),
+        };
+        match dispatch.register(&mut builder) {
+            Ok(()) => registered.push(p),
+            Err(e) => {
+                tracing::warn!(
+                    "{}: execution provider {} failed to register: {e}",
+                    path.display(),
+                    provider_name(p)
+                );
+                failures.push(format!("{}: {e}", provider_name(p)));
+            }
+        }
+    }
+    if !asked_cpu && registered.is_empty() {
+        return Err(err(format!(
+            "no execution provider of {:?} could be registered ({}); add cpu to \
+             runtime.providers to allow running on the cpu",
+            opts.providers,
+            failures.join("; ")
+        )));
+    }
+    Ok(builder)
+}
+
+/// The session's declared inputs and outputs.
+fn session_io(session: &Session) -> GraphIo {
+    let decl = |name: &str, ty: &ValueType| match ty {
+        ValueType::Tensor { ty, shape, .. } => TensorDecl {
+            name: name.to_string(),
+            elem_type: Some(match ty.to_string().as_str() {
+                "f32" => "float32".to_string(),
+                "f16" => "float16".to_string(),
+                "f64" => "float64".to_string(),
+                "bf16" => "bfloat16".to_string(),
+                other => other.to_string(),
+            }),
+            dims: Some(
+                shape
+                    .iter()
+                    .map(|&d| (d > 0).then_some(d as usize))
+                    .collect(),
+            ),
+        },
+        other => TensorDecl {
+            name: name.to_string(),
+            elem_type: Some(format!("{other:?}")),
+            dims: None,
+        },
+    };
+    GraphIo {
+        inputs: session
+            .inputs()
+            .iter()
+            .map(|o| decl(o.name(), o.dtype()))
+            .collect(),
+        outputs: session
+            .outputs()
+            .iter()
+            .map(|o| decl(o.name(), o.dtype()))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiling_stops_after_provider_detection() {
+        // Provider detection profiles one warm-up call; later calls must not keep profiling (that would
+        // grow memory over a long run and leave files behind).
+        if let Err(why) = runtime() {
+            assert!(
+                std::env::var("CONJURE_REQUIRE_ORT").map_or(true, |v| v != "1"),
+                "CONJURE_REQUIRE_ORT=1 but onnx runtime is not available: {why}"
+            );
+            eprintln!("NOTICE: skipped, onnx runtime not available ({why})");
+            return;
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist-ddpm");
+        let card = ModelCard::load(&dir).unwrap();
+        let opts = RuntimeOptions {
+            providers: vec![Provider::Cpu],
+            threads: 1,
+            ..RuntimeOptions::default()
+        };
+        let mut g = OrtGraph::open(
+            runtime().unwrap(),
+            &dir.join(&card.graphs.forward),
+            GraphRole::Forward,
+            &card,
+            &opts,
+        )
+        .unwrap();
+        assert_eq!(g.providers, vec!["cpu".to_string()]);
+        g.run(F32Chunk {
+            x: Array4::zeros((1, 1, 32, 32)),
+            t: ndarray::Array1::zeros(1),
+            cot: None,
+        })
+        .unwrap();
+        // An error means "not profiling", which is also fine.
+        if let Ok(name) = g.session.get_mut().unwrap().end_profiling() {
+            assert!(name.is_empty(), "profiling still on: {name}");
+        }
+    }
+
+    #[test]
+    fn profiles_are_summarised() {
+        let ev = |name: &str, op: &str, p: &str| {
+            format!(
+                r#"{{"cat":"Node","name":"{name}_kernel_time","ph":"X","args":{{"op_name":"{op}","provider":"{p}"}}}},
+                   {{"cat":"Node","name":"{name}_fence_before","ph":"X","args":{{"op_name":"{op}"}}}}"#
+            )
+        };
+        // CUDA runs the network; ONNX Runtime leaves shape arithmetic on the cpu by design.
+        let json = format!(
+            r#"[{{"cat":"Session","name":"model_run","args":{{}}}}, {}, {}, {}, {}]"#,
+            ev("conv1", "Conv", "CUDAExecutionProvider"),
+            ev("gemm1", "Gemm", "CUDAExecutionProvider"),
+            ev("add1", "Add", "CUDAExecutionProvider"),
+            ev("shape1", "Shape", "CPUExecutionProvider"),
+        );
+        let s = summarize_profile(&json).unwrap();
+        assert_eq!(s.providers, vec!["cuda".to_string(), "cpu".to_string()]);
+        assert!(s.cpu_compute.is_empty());
+        // A convolution on the cpu is a compute node there.
+        let json = format!(
+            "[{}, {}, {}]",
+            ev("conv1", "Conv", "CPUExecutionProvider"),
+            ev("conv2", "Conv", "TensorrtExecutionProvider"),
+            ev("trt", "TRTKernel_graph_0", "TensorrtExecutionProvider"),
+        );
+        let s = summarize_profile(&json).unwrap();
+        assert_eq!(s.providers, vec!["tensorrt".to_string(), "cpu".to_string()]);
+        assert_eq!(s.cpu_compute, vec!["conv1 (Conv)".to_string()]);
+        assert!(summarize_profile("[]").is_err());
+        assert!(summarize_profile("not json").is_err());
+    }
+
+    #[test]
+    fn versions_parse_from_file_names() {
+        assert_eq!(
+            library_version(Path::new("/x/capi/libonnxruntime.so.1.31.1")).as_deref(),
+            Some("1.31.1")
+        );
+        assert_eq!(short_provider("CUDAExecutionProvider"), "cuda");
+        assert_eq!(short_provider("TensorrtExecutionProvider"), "tensorrt");
+        assert_eq!(short_provider("CPUExecutionProvider"), "cpu");
+    }
+}
