@@ -312,3 +312,24 @@ fn sixteen_bit_and_icc_are_carried_through_run() {
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(imageio::decode(&tmp.path().join("out8/deep.png")).unwrap().bit_depth, 8);
 }
+
+#[test]
+fn images_larger_than_the_model_are_restored_in_tiles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let y = tmp.path().join("y");
+    std::fs::create_dir_all(&y).unwrap();
+    std::fs::copy(
+        root().join("examples/fmnist/catalogue/page-01.png"),
+        y.join("page.png"),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let o = run(&spec("denoise-c-pigdm.yaml"), &y, &out, &["--set", "sampler.steps=2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let src = imageio::decode(&y.join("page.png")).unwrap();
+    let r = imageio::decode(&out.join("page.png")).unwrap();
+    assert_eq!(r.size(), src.size());
+    assert_eq!(src.size(), (96, 128));
+    let m = manifest(&out);
+    assert!(m[0]["engine"].as_str().unwrap().contains("tiled 32x32"), "{}", m[0]["engine"]);
+}

@@ -11,6 +11,7 @@ use conjure::model::card::ModelCard;
 use conjure::pipeline::{self, ModelInfo, ProgressMode, RunOptions, Shard};
 use conjure::spec::{Override, PipelineSpec};
 
+mod eval;
 mod inspect;
 
 /// Exit status: every input restored or skipped.
@@ -81,6 +82,8 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Score restored images against clean references (PSNR, SSIM, consistency; --json, --plot).
+    Eval(eval::EvalArgs),
     /// Model directories.
     Model {
         #[command(subcommand)]
@@ -121,7 +124,10 @@ pub fn main() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
         }
     };
-    let quiet = matches!(cli.command, Command::Run { quiet: true, .. });
+    let quiet = matches!(
+        cli.command,
+        Command::Run { quiet: true, .. } | Command::Eval(eval::EvalArgs { quiet: true, .. })
+    );
     init_logging(quiet);
     match dispatch(cli.command) {
         Ok(code) => code,
@@ -291,6 +297,10 @@ fn dispatch(cmd: Command) -> Result<i32, Failure> {
                 Ok(EXIT_FAILED_INPUTS)
             }
         }
+        Command::Eval(args) => eval::eval(&args).map_err(|e| Failure {
+            code: EXIT_USAGE,
+            error: e,
+        }),
         Command::Model {
             command: ModelCommand::Inspect { dir },
         } => inspect::inspect(&dir).map_err(|e| Failure {

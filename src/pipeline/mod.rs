@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rand::SeedableRng;
@@ -29,11 +29,12 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::imageio::{self, EncodeOptions, FileFormat, Picture};
 use crate::model::card::ModelCard;
+use crate::model::tiled::{TileConfig, TiledDenoiser};
 use crate::model::{Denoiser, JacobianMode, ModelKind, Network, Parameterization};
 use crate::operators::{Degradation, Img, OperatorRef};
 use crate::samplers::{ModelSchedule, Problem, Sampler};
 use crate::schedules::TimeInput;
-use crate::spec::{image_seed, BitDepth, MaskSpec, OutputFormat, PipelineSpec};
+use crate::spec::{image_seed, BitDepth, MaskSpec, OutputFormat, PipelineSpec, TileSize};
 
 /// What the pipeline needs to know about a model.
 #[derive(Debug, Clone)]
@@ -738,16 +739,33 @@ fn resolve_io(spec: &PipelineSpec, opts: &RunOptions) -> Result<(PathBuf, PathBu
     Ok((input, output))
 }
 
-/// Load the spec's model with its ONNX engine, build the sampler, and run.
+/// Load the spec's model with its ONNX engine, build the sampler, and run. The network is wrapped in a
+/// [`TiledDenoiser`] (tiles of `runtime.tile.size`, overlap `runtime.tile.overlap`, `runtime.batch_size`
+/// tiles per network call), so images of any size can be restored; an image of exactly the tile size is
+/// one tile with weight 1, i.e. the plain network.
 pub fn run(spec: &PipelineSpec, opts: &RunOptions) -> Result<RunSummary> {
     let loaded = crate::model::load(&spec.model, &spec.runtime_options())?;
-    let info = ModelInfo::from_card(&loaded.card, &loaded.dir)?;
+    let mut info = ModelInfo::from_card(&loaded.card, &loaded.dir)?;
     check_model(spec, info.kind, loaded.denoiser.has_vjp())?;
     let sampler = crate::samplers::build(&spec.sampler_config(), &info.schedule)?;
+    let (tile_h, tile_w) = match spec.runtime.tile_size {
+        TileSize::Model => (loaded.card.image.height, loaded.card.image.width),
+        TileSize::Pixels(n) => (n, n),
+    };
+    let tiled = TiledDenoiser::new(
+        Arc::from(loaded.denoiser),
+        TileConfig {
+            tile_h,
+            tile_w,
+            overlap: spec.runtime.tile_overlap,
+            batch_size: spec.runtime.batch_size,
+        },
+    )?;
+    info.size = None;
     let build = |d: &Degradation, shape: [usize; 3]| d.build(shape);
     let engine = Engine {
         model: info,
-        denoiser: loaded.denoiser.as_ref(),
+        denoiser: &tiled,
         sampler: sampler.as_ref(),
         build_operator: &build,
     };
