@@ -53,7 +53,7 @@ impl Sampler for Seeded {
     fn sample(&self, net: &Network, problems: &mut [Problem]) -> Result<Vec<Img>> {
         let xs: Vec<Img> = problems
             .iter_mut()
-            .map(|p| p.op.pinv(&p.y) + &p.normal())
+            .map(|p| p.op.pinv(&p.y) + &p.init_noise())
             .collect();
         let eps = net.eps(&xs, 0.5, 0.8, 0.6)?;
         Ok(xs
@@ -123,15 +123,18 @@ fn run(
     pipeline::run_with(spec, &opts, &engine).unwrap()
 }
 
+/// A minimal little-endian EXIF (TIFF) block with no entries.
+const EXIF: &[u8] = b"II*\x00\x08\x00\x00\x00\x00\x00";
+
 fn write_png(path: &Path, color: Array3<f64>, depth: u8, icc: Option<Vec<u8>>, alpha: bool) {
     let (_, h, w) = color.dim();
     let pic = Picture {
         alpha: alpha.then(|| Array2::from_shape_fn((h, w), |(i, j)| ((i * w + j) % 3) as f64 / 2.0)),
+        exif: icc.as_ref().map(|_| EXIF.to_vec()),
         color,
         bit_depth: depth,
         format: FileFormat::Png,
         icc,
-        exif: None,
     };
     let bytes = imageio::encode(
         &pic,
@@ -291,7 +294,7 @@ fn an_interrupted_run_resumes_to_the_same_outputs() {
 }
 
 #[test]
-fn sixteen_bit_icc_and_alpha_are_carried() {
+fn sixteen_bit_icc_exif_and_alpha_are_carried() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     let icc = b"not a real profile, carried byte for byte".to_vec();
@@ -303,6 +306,7 @@ fn sixteen_bit_icc_and_alpha_are_carried() {
     let deep = imageio::decode(&out.join("deep.png")).unwrap();
     assert_eq!(deep.bit_depth, 16);
     assert_eq!(deep.icc, Some(icc));
+    assert_eq!(deep.exif.as_deref(), Some(EXIF));
     let src = imageio::decode(&input.join("deep.png")).unwrap();
     assert_eq!(deep.alpha, src.alpha);
     // Denoise with H = I returns y: the 16-bit levels come back exactly.
@@ -423,6 +427,43 @@ fn degrade_writes_measurements_and_the_masks_run_regenerates() {
     for ((rv, yv), mv) in r.color.iter().zip(yimg.color.iter()).zip(m.iter()) {
         if *mv == 1.0 {
             assert!((rv - yv).abs() < 1e-9, "known pixel changed: {yv} -> {rv}");
+        }
+    }
+}
+
+#[test]
+fn init_noise_replaces_the_seeded_draw() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    for k in 0..3 {
+        write_png(&input.join(format!("{k}.png")), pattern(1, 8, 8, k), 8, None, false);
+    }
+    // (N, C, H, W) = (2, 1, 8, 8): image i of the sorted list takes entry i mod 2.
+    let z = ndarray::Array4::<f32>::from_shape_fn((2, 1, 8, 8), |(n, _, i, j)| {
+        ((n * 64 + i * 8 + j) as f32 * 0.37).sin()
+    });
+    let npy = tmp.path().join("z.npy");
+    ndarray_npy::write_npy(&npy, &z).unwrap();
+    let text = SPEC.replace(
+        "operator: denoise",
+        "operator: inpaint\n  mask: {kind: half, side: left}",
+    );
+    let set = format!("sampler.init_noise={}", npy.display());
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    run(&spec(&text, &[&set, "seed=1"]), info(1, None), &input, &a, None);
+    run(&spec(&text, &[&set, "seed=2"]), info(1, None), &input, &b, None);
+    // With the noise given, the seed no longer matters...
+    assert_eq!(files(&a), files(&b));
+    // ...and the raw result is exactly what the given z implies on the missing half.
+    let c = tmp.path().join("c");
+    run(&spec(&text, &[&set, "io.format=npy"]), info(1, None), &input, &c, None);
+    let x2 = imageio::read_npy(&c.join("2.npy")).unwrap();
+    for i in 0..8 {
+        for j in 0..4 {
+            // Missing pixels: H†y = 0 and P = 0 there, so x̂ = z − 0.02 ε̂(z) with ε̂ = 0.5 z: 0.99 z.
+            let expect = 0.99 * z[(0, 0, i, j)] as f64;
+            assert!((x2[[0, i, j]] - expect).abs() < 1e-6, "{} vs {expect}", x2[[0, i, j]]);
         }
     }
 }
