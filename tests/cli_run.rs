@@ -40,10 +40,18 @@ fn stderr(o: &Output) -> String {
 /// A Fashion-MNIST-like synthetic item: a bright blob with texture on a dark background, in [0, 1].
 fn item(k: usize, h: usize, w: usize) -> Array3<f64> {
     Array3::from_shape_fn((1, h, w), |(_, i, j)| {
-        let (ci, cj) = (h as f64 / 2.0 + (k % 3) as f64, w as f64 / 2.0 - (k % 4) as f64);
-        let r = (((i as f64 - ci) / 9.0).powi(2) + ((j as f64 - cj) / (6.0 + k as f64 % 5.0)).powi(2)).sqrt();
-        let v = if r < 1.0 { 0.6 + 0.3 * ((i * 3 + j * (k + 1)) % 7) as f64 / 7.0 } else { 0.0 };
-        v
+        let (ci, cj) = (
+            h as f64 / 2.0 + (k % 3) as f64,
+            w as f64 / 2.0 - (k % 4) as f64,
+        );
+        let r = (((i as f64 - ci) / 9.0).powi(2)
+            + ((j as f64 - cj) / (6.0 + k as f64 % 5.0)).powi(2))
+        .sqrt();
+        if r < 1.0 {
+            0.6 + 0.3 * ((i * 3 + j * (k + 1)) % 7) as f64 / 7.0
+        } else {
+            0.0
+        }
     })
 }
 
@@ -73,7 +81,12 @@ fn write_png(path: &Path, color: Array3<f64>, depth: u8, icc: Option<Vec<u8>>) {
 fn make_clean(dir: &Path, n: usize) {
     for k in 0..n {
         let sub = if k % 2 == 0 { "" } else { "odd/" };
-        write_png(&dir.join(format!("{sub}item{k:02}.png")), item(k, 32, 32), 8, None);
+        write_png(
+            &dir.join(format!("{sub}item{k:02}.png")),
+            item(k, 32, 32),
+            8,
+            None,
+        );
     }
 }
 
@@ -87,7 +100,13 @@ fn degrade(spec: &Path, clean: &Path, y: &Path) {
         .arg(y)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "degrade {}: {}", spec.display(), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "degrade {}: {}",
+        spec.display(),
+        stderr(&out)
+    );
 }
 
 fn run(spec: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
@@ -156,7 +175,11 @@ fn every_shipped_pipeline_degrades_and_runs() {
             assert_eq!(r.size(), (32, 32), "{name} {}", rel.display());
         }
         let m = manifest(&out);
-        assert!(m.iter().all(|r| r["status"] == "restored" && r["nfe"].as_u64().unwrap() >= 1), "{name}");
+        assert!(
+            m.iter()
+                .all(|r| r["status"] == "restored" && r["nfe"].as_u64().unwrap() >= 1),
+            "{name}"
+        );
     }
 }
 
@@ -167,9 +190,18 @@ fn a_corrupt_input_fails_alone_with_exit_1() {
     make_clean(&clean, 3);
     let y = tmp.path().join("y");
     degrade(&spec("sr4-c-pigdm.yaml"), &clean, &y);
-    std::fs::write(y.join("odd/broken.png"), b"\x89PNG\r\n\x1a\nthis is not an image").unwrap();
+    std::fs::write(
+        y.join("odd/broken.png"),
+        b"\x89PNG\r\n\x1a\nthis is not an image",
+    )
+    .unwrap();
     let out = tmp.path().join("out");
-    let o = run(&spec("sr4-c-pigdm.yaml"), &y, &out, &["--set", "sampler.steps=2"]);
+    let o = run(
+        &spec("sr4-c-pigdm.yaml"),
+        &y,
+        &out,
+        &["--set", "sampler.steps=2"],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("broken.png"), "{}", stderr(&o));
     assert_eq!(outputs(&out).len(), 3);
@@ -217,7 +249,10 @@ fn outputs_do_not_depend_on_batch_size_or_threads() {
         assert_eq!(got.len(), 9);
         match &reference {
             None => reference = Some(got),
-            Some(r) => assert!(*r == got, "batch {batch}, threads {threads}: outputs differ"),
+            Some(r) => assert!(
+                *r == got,
+                "batch {batch}, threads {threads}: outputs differ"
+            ),
         }
     }
 }
@@ -279,12 +314,20 @@ fn a_killed_run_resumes_to_complete_identical_outputs() {
     // Whatever the kill left (complete outputs, maybe a temporary), every complete output is correct.
     for (rel, bytes) in outputs(&out) {
         if !imageio::is_temp_path(&rel) {
-            assert!(reference.contains(&(rel.clone(), bytes)), "{} is torn", rel.display());
+            assert!(
+                reference.contains(&(rel.clone(), bytes)),
+                "{} is torn",
+                rel.display()
+            );
         }
     }
     let o = run(&s, &y, &out, &args);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(outputs(&out), reference, "resumed outputs differ, or temporaries remain");
+    assert_eq!(
+        outputs(&out),
+        reference,
+        "resumed outputs differ, or temporaries remain"
+    );
     let m = manifest(&out);
     let skipped = m.iter().filter(|r| r["status"] == "skipped").count();
     assert!(skipped >= partial);
@@ -298,7 +341,12 @@ fn sixteen_bit_and_icc_are_carried_through_run() {
     let img = item(3, 32, 32).mapv(|v| 0.1 + 0.8 * v + 1.0 / 65535.0);
     write_png(&y.join("deep.png"), img, 16, Some(icc.clone()));
     let out = tmp.path().join("out");
-    let o = run(&spec("denoise-c-pigdm.yaml"), &y, &out, &["--set", "sampler.steps=2"]);
+    let o = run(
+        &spec("denoise-c-pigdm.yaml"),
+        &y,
+        &out,
+        &["--set", "sampler.steps=2"],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let r = imageio::decode(&out.join("deep.png")).unwrap();
     assert_eq!(r.bit_depth, 16);
@@ -310,7 +358,12 @@ fn sixteen_bit_and_icc_are_carried_through_run() {
         &["--set", "sampler.steps=2", "--set", "io.bit_depth=8"],
     );
     assert_eq!(o.status.code(), Some(0));
-    assert_eq!(imageio::decode(&tmp.path().join("out8/deep.png")).unwrap().bit_depth, 8);
+    assert_eq!(
+        imageio::decode(&tmp.path().join("out8/deep.png"))
+            .unwrap()
+            .bit_depth,
+        8
+    );
 }
 
 #[test]
@@ -324,12 +377,21 @@ fn images_larger_than_the_model_are_restored_in_tiles() {
     )
     .unwrap();
     let out = tmp.path().join("out");
-    let o = run(&spec("denoise-c-pigdm.yaml"), &y, &out, &["--set", "sampler.steps=2"]);
+    let o = run(
+        &spec("denoise-c-pigdm.yaml"),
+        &y,
+        &out,
+        &["--set", "sampler.steps=2"],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let src = imageio::decode(&y.join("page.png")).unwrap();
     let r = imageio::decode(&out.join("page.png")).unwrap();
     assert_eq!(r.size(), src.size());
     assert_eq!(src.size(), (96, 128));
     let m = manifest(&out);
-    assert!(m[0]["engine"].as_str().unwrap().contains("tiled 32x32"), "{}", m[0]["engine"]);
+    assert!(
+        m[0]["engine"].as_str().unwrap().contains("tiled 32x32"),
+        "{}",
+        m[0]["engine"]
+    );
 }

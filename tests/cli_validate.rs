@@ -23,7 +23,8 @@ fn write_spec(dir: &Path, body: &str) -> std::path::PathBuf {
     p
 }
 
-const GOOD: &str = "model: ../models/none\ntask:\n  operator: denoise\nsampler:\n  name: c-pigdm\n  steps: 5\n";
+const GOOD: &str =
+    "model: ../models/none\ntask:\n  operator: denoise\nsampler:\n  name: c-pigdm\n  steps: 5\n";
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -38,7 +39,10 @@ fn a_bad_value_exits_2_with_line_and_column() {
         assert_eq!(out.status.code(), Some(2), "{cmd}");
         let e = stderr(&out);
         assert!(
-            e.contains(&format!("{}:6:10: invalid steps 0 (expected 1..=100000)", spec.display())),
+            e.contains(&format!(
+                "{}:6:10: invalid steps 0 (expected 1..=100000)",
+                spec.display()
+            )),
             "{cmd}: {e}"
         );
     }
@@ -47,11 +51,17 @@ fn a_bad_value_exits_2_with_line_and_column() {
 #[test]
 fn yaml_syntax_errors_exit_2_with_a_position() {
     let tmp = tempfile::tempdir().unwrap();
-    let spec = write_spec(tmp.path(), "model: m\ntask: {operator: denoise\nsampler: x\n");
+    let spec = write_spec(
+        tmp.path(),
+        "model: m\ntask: {operator: denoise\nsampler: x\n",
+    );
     let out = conjure().arg("validate").arg(&spec).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let e = stderr(&out);
-    let after = e.split(&format!("{}:", spec.display())).nth(1).unwrap_or_else(|| panic!("{e}"));
+    let after = e
+        .split(&format!("{}:", spec.display()))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{e}"));
     let mut it = after.split(':');
     assert!(it.next().unwrap().parse::<u32>().is_ok(), "{e}");
     assert!(it.next().unwrap().parse::<u32>().is_ok(), "{e}");
@@ -79,7 +89,11 @@ fn set_overrides_are_validated_and_named() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--set sampler.steps=0: invalid steps 0"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--set sampler.steps=0: invalid steps 0"),
+        "{}",
+        stderr(&out)
+    );
     let out = conjure()
         .args(["validate"])
         .arg(&spec)
@@ -114,7 +128,11 @@ fn usage_errors_exit_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("invalid shard 3/3"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid shard 3/3"),
+        "{}",
+        stderr(&out)
+    );
     let out = conjure().args(["--version"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
@@ -140,4 +158,25 @@ fn every_shipped_pipeline_validates_against_its_model() {
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
     }
+}
+
+#[test]
+fn model_inspect_shows_the_card_and_checks_the_vjp() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist-ddpm");
+    let out = conjure()
+        .args(["model", "inspect"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("name             fmnist-ddpm"), "{s}");
+    assert!(s.contains("x[B,1,32,32]"), "{s}");
+    let check = s.lines().find(|l| l.contains("vjp self-check")).unwrap();
+    assert!(check.ends_with(": ok"), "{check}");
+    let out = conjure()
+        .args(["model", "inspect", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }

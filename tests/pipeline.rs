@@ -129,7 +129,8 @@ const EXIF: &[u8] = b"II*\x00\x08\x00\x00\x00\x00\x00";
 fn write_png(path: &Path, color: Array3<f64>, depth: u8, icc: Option<Vec<u8>>, alpha: bool) {
     let (_, h, w) = color.dim();
     let pic = Picture {
-        alpha: alpha.then(|| Array2::from_shape_fn((h, w), |(i, j)| ((i * w + j) % 3) as f64 / 2.0)),
+        alpha: alpha
+            .then(|| Array2::from_shape_fn((h, w), |(i, j)| ((i * w + j) % 3) as f64 / 2.0)),
         exif: icc.as_ref().map(|_| EXIF.to_vec()),
         color,
         bit_depth: depth,
@@ -173,7 +174,12 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut v: Vec<_> = walk(dir)
         .into_iter()
         .filter(|p| p.file_name().unwrap() != "conjure-manifest.jsonl")
-        .map(|p| (p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.strip_prefix(dir).unwrap().to_path_buf(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     v.sort();
     v
@@ -211,7 +217,10 @@ fn outputs_are_identical_across_batch_sizes_and_thread_counts() {
         "operator: inpaint\n  mask: {kind: random, fraction: 0.3}",
     );
     let mut reference: Option<Vec<(PathBuf, Vec<u8>)>> = None;
-    for (i, (batch, threads)) in [(1, 1), (7, 2), (16, 1), (16, 2), (7, 1)].iter().enumerate() {
+    for (i, (batch, threads)) in [(1, 1), (7, 2), (16, 1), (16, 2), (7, 1)]
+        .iter()
+        .enumerate()
+    {
         let out = tmp.path().join(format!("out{i}"));
         let s = spec(
             &text,
@@ -242,7 +251,13 @@ fn a_corrupt_image_fails_alone_and_is_in_the_manifest() {
     make_inputs(&input);
     std::fs::write(input.join("a/broken.png"), b"\x89PNG\r\n\x1a\n garbage").unwrap();
     let out = tmp.path().join("out");
-    let sum = run(&spec(SPEC, &["runtime.batch_size=4"]), info(1, None), &input, &out, None);
+    let sum = run(
+        &spec(SPEC, &["runtime.batch_size=4"]),
+        info(1, None),
+        &input,
+        &out,
+        None,
+    );
     assert_eq!((sum.restored, sum.skipped, sum.failed), (20, 0, 1));
     assert!(sum.failures[0].0.ends_with("a/broken.png"));
     let m = manifest(&out);
@@ -287,7 +302,11 @@ fn an_interrupted_run_resumes_to_the_same_outputs() {
     }
     let sum = run(&s, info(1, None), &input, &out, None);
     assert_eq!((sum.restored, sum.skipped, sum.failed), (13, 7, 0));
-    assert_eq!(files(&out), reference, "resumed outputs differ or temporaries remain");
+    assert_eq!(
+        files(&out),
+        reference,
+        "resumed outputs differ or temporaries remain"
+    );
     // A second resume redoes nothing.
     let sum = run(&s, info(1, None), &input, &out, None);
     assert_eq!((sum.restored, sum.skipped), (0, 20));
@@ -298,7 +317,13 @@ fn sixteen_bit_icc_exif_and_alpha_are_carried() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     let icc = b"not a real profile, carried byte for byte".to_vec();
-    write_png(&input.join("deep.png"), pattern(3, 8, 8, 1), 16, Some(icc.clone()), true);
+    write_png(
+        &input.join("deep.png"),
+        pattern(3, 8, 8, 1),
+        16,
+        Some(icc.clone()),
+        true,
+    );
     write_png(&input.join("flat.png"), pattern(3, 8, 8, 2), 8, None, false);
     let out = tmp.path().join("out");
     let sum = run(&spec(SPEC, &[]), info(3, None), &input, &out, None);
@@ -316,8 +341,17 @@ fn sixteen_bit_icc_exif_and_alpha_are_carried() {
     assert_eq!(flat.icc, None);
     // bit_depth: 16 forces 16-bit output.
     let out16 = tmp.path().join("out16");
-    run(&spec(SPEC, &["io.bit_depth=16"]), info(3, None), &input, &out16, None);
-    assert_eq!(imageio::decode(&out16.join("flat.png")).unwrap().bit_depth, 16);
+    run(
+        &spec(SPEC, &["io.bit_depth=16"]),
+        info(3, None),
+        &input,
+        &out16,
+        None,
+    );
+    assert_eq!(
+        imageio::decode(&out16.join("flat.png")).unwrap().bit_depth,
+        16
+    );
 }
 
 #[test]
@@ -330,7 +364,13 @@ fn npy_output_holds_raw_floats_before_clamping() {
         "operator: inpaint\n  mask: {kind: random, fraction: 0.5}",
     );
     let out = tmp.path().join("out");
-    run(&spec(&text, &["io.format=npy"]), info(1, None), &input, &out, None);
+    run(
+        &spec(&text, &["io.format=npy"]),
+        info(1, None),
+        &input,
+        &out,
+        None,
+    );
     let png_out = tmp.path().join("png");
     run(&spec(&text, &[]), info(1, None), &input, &png_out, None);
     let a = imageio::read_npy(&out.join("x.npy")).unwrap();
@@ -356,7 +396,13 @@ fn shards_partition_the_inputs() {
     let out = tmp.path().join("sharded");
     let mut n = 0;
     for index in 0..3 {
-        let sum = run(&s, info(1, None), &input, &out, Some(Shard { index, count: 3 }));
+        let sum = run(
+            &s,
+            info(1, None),
+            &input,
+            &out,
+            Some(Shard { index, count: 3 }),
+        );
         n += sum.restored;
         assert_eq!(sum.skipped, 0, "shards overlap");
     }
@@ -370,18 +416,33 @@ fn shard_parsing_and_environment() {
     assert!(Shard::parse("4/4").is_err());
     assert!(Shard::parse("x").is_err());
     let env = |pairs: &'static [(&'static str, &'static str)]| {
-        move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     };
     let slurm = env(&[
         ("SLURM_ARRAY_TASK_ID", "7"),
         ("SLURM_ARRAY_TASK_MIN", "5"),
         ("SLURM_ARRAY_TASK_COUNT", "4"),
     ]);
-    assert_eq!(Shard::from_env(slurm).unwrap(), Some(Shard { index: 2, count: 4 }));
+    assert_eq!(
+        Shard::from_env(slurm).unwrap(),
+        Some(Shard { index: 2, count: 4 })
+    );
     let k8s = env(&[("JOB_COMPLETION_INDEX", "3"), ("CONJURE_SHARD_COUNT", "8")]);
-    assert_eq!(Shard::from_env(k8s).unwrap(), Some(Shard { index: 3, count: 8 }));
+    assert_eq!(
+        Shard::from_env(k8s).unwrap(),
+        Some(Shard { index: 3, count: 8 })
+    );
     assert_eq!(Shard::from_env(env(&[])).unwrap(), None);
-    assert!(Shard::from_env(env(&[("JOB_COMPLETION_INDEX", "8"), ("CONJURE_SHARD_COUNT", "8")])).is_err());
+    assert!(Shard::from_env(env(&[
+        ("JOB_COMPLETION_INDEX", "8"),
+        ("CONJURE_SHARD_COUNT", "8")
+    ]))
+    .is_err());
 }
 
 #[test]
@@ -389,7 +450,13 @@ fn images_the_model_cannot_take_fail_with_a_clear_message() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     write_png(&input.join("ok.png"), pattern(1, 8, 8, 0), 8, None, false);
-    write_png(&input.join("big.png"), pattern(1, 12, 10, 0), 8, None, false);
+    write_png(
+        &input.join("big.png"),
+        pattern(1, 12, 10, 0),
+        8,
+        None,
+        false,
+    );
     let out = tmp.path().join("out");
     let sum = run(&spec(SPEC, &[]), info(1, Some((8, 8))), &input, &out, None);
     assert_eq!((sum.restored, sum.failed), (1, 1));
@@ -436,7 +503,13 @@ fn init_noise_replaces_the_seeded_draw() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     for k in 0..3 {
-        write_png(&input.join(format!("{k}.png")), pattern(1, 8, 8, k), 8, None, false);
+        write_png(
+            &input.join(format!("{k}.png")),
+            pattern(1, 8, 8, k),
+            8,
+            None,
+            false,
+        );
     }
     // (N, C, H, W) = (2, 1, 8, 8): image i of the sorted list takes entry i mod 2.
     let z = ndarray::Array4::<f32>::from_shape_fn((2, 1, 8, 8), |(n, _, i, j)| {
@@ -451,19 +524,41 @@ fn init_noise_replaces_the_seeded_draw() {
     let set = format!("sampler.init_noise={}", npy.display());
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");
-    run(&spec(&text, &[&set, "seed=1"]), info(1, None), &input, &a, None);
-    run(&spec(&text, &[&set, "seed=2"]), info(1, None), &input, &b, None);
+    run(
+        &spec(&text, &[&set, "seed=1"]),
+        info(1, None),
+        &input,
+        &a,
+        None,
+    );
+    run(
+        &spec(&text, &[&set, "seed=2"]),
+        info(1, None),
+        &input,
+        &b,
+        None,
+    );
     // With the noise given, the seed no longer matters...
     assert_eq!(files(&a), files(&b));
     // ...and the raw result is exactly what the given z implies on the missing half.
     let c = tmp.path().join("c");
-    run(&spec(&text, &[&set, "io.format=npy"]), info(1, None), &input, &c, None);
+    run(
+        &spec(&text, &[&set, "io.format=npy"]),
+        info(1, None),
+        &input,
+        &c,
+        None,
+    );
     let x2 = imageio::read_npy(&c.join("2.npy")).unwrap();
     for i in 0..8 {
         for j in 0..4 {
             // Missing pixels: H†y = 0 and P = 0 there, so x̂ = z − 0.02 ε̂(z) with ε̂ = 0.5 z: 0.99 z.
             let expect = 0.99 * z[(0, 0, i, j)] as f64;
-            assert!((x2[[0, i, j]] - expect).abs() < 1e-6, "{} vs {expect}", x2[[0, i, j]]);
+            assert!(
+                (x2[[0, i, j]] - expect).abs() < 1e-6,
+                "{} vs {expect}",
+                x2[[0, i, j]]
+            );
         }
     }
 }

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use conjure::model::{EngineChoice, JacobianMode, Provider};
 use conjure::operators::Degradation;
 use conjure::samplers::SamplerName;
-use conjure::spec::{BitDepth, MaskSpec, OperatorKind, OutputFormat, Override, PipelineSpec, TileSize};
+use conjure::spec::{
+    BitDepth, MaskSpec, OperatorKind, OutputFormat, Override, PipelineSpec, TileSize,
+};
 
 fn parse(text: &str) -> Result<PipelineSpec, String> {
     PipelineSpec::parse(text, "spec.yaml", Path::new("/specs"), &[]).map_err(|e| e.to_string())
@@ -58,7 +60,11 @@ fn every_shipped_pipeline_parses_and_points_at_the_shipped_models() {
         }
         let s = PipelineSpec::load(&p, &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         // `../models/…` relative to the spec file, resolved (and normalized) to the repository's models/.
-        assert!(s.model.starts_with(root.join("models")), "{}", s.model.display());
+        assert!(
+            s.model.starts_with(root.join("models")),
+            "{}",
+            s.model.display()
+        );
         let model = s.model.file_name().unwrap().to_str().unwrap();
         assert_eq!(
             model == "fmnist-flow",
@@ -67,7 +73,12 @@ fn every_shipped_pipeline_parses_and_points_at_the_shipped_models() {
             p.display(),
             s.sampler.name.as_str()
         );
-        assert!(s.io.input.as_ref().unwrap().starts_with(root.join("examples")));
+        assert!(s
+            .io
+            .input
+            .as_ref()
+            .unwrap()
+            .starts_with(root.join("examples")));
         assert!(s.io.output.as_ref().unwrap().starts_with(root.join("out")));
         n += 1;
     }
@@ -116,24 +127,42 @@ fn errors_point_at_line_and_column() {
     let e = parse("model: m\ntask: [unclosed\n").unwrap_err();
     assert!(e.starts_with("spec.yaml:"), "{e}");
     let pos: Vec<&str> = e.splitn(4, ':').collect();
-    assert!(pos[1].parse::<u32>().is_ok() && pos[2].parse::<u32>().is_ok(), "{e}");
+    assert!(
+        pos[1].parse::<u32>().is_ok() && pos[2].parse::<u32>().is_ok(),
+        "{e}"
+    );
     // A value out of range: the value's own position.
     let e = parse(&FULL.replace("steps: 5", "steps: 0")).unwrap_err();
     assert_eq!(e, "spec.yaml:9:10: invalid steps 0 (expected 1..=100000)");
     let e = parse(&FULL.replace("batch_size: 4", "batch_size: -3")).unwrap_err();
-    assert_eq!(e, "spec.yaml:19:15: invalid batch_size -3 (expected 1..=4096)");
+    assert_eq!(
+        e,
+        "spec.yaml:19:15: invalid batch_size -3 (expected 1..=4096)"
+    );
     let e = parse(&FULL.replace("guidance: 15.0", "guidance: lots")).unwrap_err();
-    assert_eq!(e, "spec.yaml:10:13: invalid guidance \"lots\" (expected a number)");
+    assert_eq!(
+        e,
+        "spec.yaml:10:13: invalid guidance \"lots\" (expected a number)"
+    );
     let e = parse(&FULL.replace("noise_sigma: 0.05", "noise_sigma: -1")).unwrap_err();
-    assert!(e.contains("invalid noise_sigma -1 (expected a finite value >= 0)"), "{e}");
+    assert!(
+        e.contains("invalid noise_sigma -1 (expected a finite value >= 0)"),
+        "{e}"
+    );
     let e = parse(&FULL.replace("bit_depth: 16", "bit_depth: 12")).unwrap_err();
-    assert!(e.starts_with("spec.yaml:26:14: invalid bit_depth 12"), "{e}");
+    assert!(
+        e.starts_with("spec.yaml:26:14: invalid bit_depth 12"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_keys_and_names_get_suggestions() {
     let e = parse(&FULL.replace("guidance:", "guidence:")).unwrap_err();
-    assert!(e.starts_with("spec.yaml:10:3: unknown key `guidence` in `sampler`"), "{e}");
+    assert!(
+        e.starts_with("spec.yaml:10:3: unknown key `guidence` in `sampler`"),
+        "{e}"
+    );
     assert!(e.contains("did you mean `guidance`?"), "{e}");
     let e = parse(&FULL.replace("runtime:", "runtiem:")).unwrap_err();
     assert!(e.contains("did you mean `runtime`?"), "{e}");
@@ -144,8 +173,11 @@ fn unknown_keys_and_names_get_suggestions() {
     assert!(e.contains("did you mean `c-pigdm`?"), "{e}");
     let e = parse(&FULL.replace("operator: sr-bicubic", "operator: sr-bicubc")).unwrap_err();
     assert!(e.contains("did you mean `sr-bicubic`?"), "{e}");
-    let e = parse(&FULL.replace("tile: {size: model, overlap: 4}", "tile: {size: model, overlpa: 4}"))
-        .unwrap_err();
+    let e = parse(&FULL.replace(
+        "tile: {size: model, overlap: 4}",
+        "tile: {size: model, overlpa: 4}",
+    ))
+    .unwrap_err();
     assert!(e.contains("unknown key `overlpa` in `runtime.tile`"), "{e}");
     assert!(e.contains("did you mean `overlap`?"), "{e}");
 }
@@ -155,7 +187,10 @@ fn task_keys_are_checked_against_the_operator() {
     let e = parse(&FULL.replace("  scale: 4\n", "")).unwrap_err();
     assert!(e.contains("missing key `scale`"), "{e}");
     let e = parse(&FULL.replace("sr-bicubic", "denoise")).unwrap_err();
-    assert!(e.contains("key `scale` does not apply to operator denoise"), "{e}");
+    assert!(
+        e.contains("key `scale` does not apply to operator denoise"),
+        "{e}"
+    );
     let inpaint = FULL.replace("operator: sr-bicubic\n  scale: 4", "operator: inpaint");
     let e = parse(&inpaint).unwrap_err();
     assert!(e.contains("missing key `mask`"), "{e}");
@@ -174,7 +209,10 @@ fn task_keys_are_checked_against_the_operator() {
         })
     );
     let e = parse(&boxed.replace("height: 4", "fraction: 0.5")).unwrap_err();
-    assert!(e.contains("key `fraction` does not apply to mask kind box"), "{e}");
+    assert!(
+        e.contains("key `fraction` does not apply to mask kind box"),
+        "{e}"
+    );
     let file = parse(&inpaint.replace(
         "operator: inpaint",
         "operator: inpaint\n  mask: {kind: file, path: masks/m.png}",
@@ -191,13 +229,20 @@ fn task_keys_are_checked_against_the_operator() {
         "operator: inpaint\n  mask: {kind: random, fraction: 1.0}",
     ))
     .unwrap_err();
-    assert!(e.contains("invalid mask fraction 1.0 (expected a value in [0, 1))") || e.contains("invalid mask fraction 1 (expected a value in [0, 1))"), "{e}");
+    assert!(
+        e.contains("invalid mask fraction 1.0 (expected a value in [0, 1))")
+            || e.contains("invalid mask fraction 1 (expected a value in [0, 1))"),
+        "{e}"
+    );
     let blur = FULL.replace(
         "operator: sr-bicubic\n  scale: 4",
         "operator: deblur-gaussian\n  kernel: {size: 8, sigma: 1.5}",
     );
     let e = parse(&blur).unwrap_err();
-    assert!(e.contains("invalid kernel size 8 (expected an odd number of taps)"), "{e}");
+    assert!(
+        e.contains("invalid kernel size 8 (expected an odd number of taps)"),
+        "{e}"
+    );
     let s = parse(&blur.replace("size: 8", "size: 9")).unwrap();
     assert!(matches!(
         s.degradation(None).unwrap(),
@@ -231,7 +276,10 @@ fn overrides_apply_before_validation_with_yaml_types() {
     let s = parse_with(minimal, &["runtime.tile.overlap=2"]).unwrap();
     assert_eq!(s.runtime.tile_overlap, 2);
     let e = parse_with(FULL, &["sampler.steps=-1"]).unwrap_err();
-    assert_eq!(e, "--set sampler.steps=-1: invalid steps -1 (expected 1..=100000)");
+    assert_eq!(
+        e,
+        "--set sampler.steps=-1: invalid steps -1 (expected 1..=100000)"
+    );
     let e = parse_with(FULL, &["sampler.stepz=3"]).unwrap_err();
     assert!(e.contains("did you mean `steps`?"), "{e}");
     let e = parse_with(FULL, &["seed.x=3"]).unwrap_err();

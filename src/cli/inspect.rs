@@ -18,7 +18,11 @@ pub fn inspect(dir: &Path) -> anyhow::Result<i32> {
     let img = &card.image;
     println!("model {}", dir.display());
     println!("  name             {}", card.name);
-    println!("  kind             {:?} ({:?})", card.model_kind(), card.param());
+    println!(
+        "  kind             {:?} ({:?})",
+        card.model_kind(),
+        card.param()
+    );
     println!("  schedule         {:?}", card.schedule);
     println!("  time input       {:?}", card.time_input());
     println!(
@@ -45,7 +49,8 @@ pub fn inspect(dir: &Path) -> anyhow::Result<i32> {
         TimeInput::Unit => 0.5,
     };
     let mut rng = ChaCha20Rng::seed_from_u64(0);
-    let mut draw = || Array4::from_shape_simple_fn((1, c, h, w), || StandardNormal.sample(&mut rng));
+    let mut draw =
+        || Array4::from_shape_simple_fn((1, c, h, w), || StandardNormal.sample(&mut rng));
     let x: Array4<f64> = draw();
     let v: Array4<f64> = draw();
     let cot: Array4<f64> = draw();
@@ -60,7 +65,10 @@ pub fn inspect(dir: &Path) -> anyhow::Result<i32> {
     }
     let (_, g) = net.vjp(x.view(), &[t_net], cot.view())?;
     let eps = 1e-2;
-    let xs = ndarray::concatenate(Axis(0), &[(&x + &(&v * eps)).view(), (&x - &(&v * eps)).view()])?;
+    let xs = ndarray::concatenate(
+        Axis(0),
+        &[(&x + &(&v * eps)).view(), (&x - &(&v * eps)).view()],
+    )?;
     let f = net.predict(xs.view(), &[t_net, t_net])?;
     let jv = (&f.index_axis(Axis(0), 0) - &f.index_axis(Axis(0), 1)) / (2.0 * eps);
     let lhs: f64 = (&jv * &cot.index_axis(Axis(0), 0)).sum();

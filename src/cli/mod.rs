@@ -254,7 +254,11 @@ fn dispatch(cmd: Command) -> Result<i32, Failure> {
                     String::new()
                 }
             );
-            println!("  sampler  {} ({} NFE/image)", sampler.name(), sampler.nfe());
+            println!(
+                "  sampler  {} ({} NFE/image)",
+                sampler.name(),
+                sampler.nfe()
+            );
             for (what, p) in [("input", &spec.io.input), ("output", &spec.io.output)] {
                 if let Some(p) = p {
                     println!("  {what:<8} {}", p.display());

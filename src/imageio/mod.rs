@@ -146,11 +146,7 @@ pub fn decode_bytes(bytes: &[u8], format: FileFormat, path: &Path) -> Result<Pic
         color_type,
         image::ColorType::Rgb32F | image::ColorType::Rgba32F
     );
-    let color = if is_float {
-        color
-    } else {
-        color.mapv(snap)
-    };
+    let color = if is_float { color } else { color.mapv(snap) };
     Ok(Picture {
         color,
         alpha: has_alpha.then(|| if is_float { alpha } else { alpha.mapv(snap) }),
@@ -169,11 +165,10 @@ pub fn to_channels(color: &Array3<f64>, channels: usize) -> Result<Array3<f64>> 
         return Ok(color.clone());
     }
     match (c, channels) {
-        (1, 3) => Ok(ndarray::concatenate(
-            Axis(0),
-            &[color.view(), color.view(), color.view()],
-        )
-        .expect("same shapes")),
+        (1, 3) => Ok(
+            ndarray::concatenate(Axis(0), &[color.view(), color.view(), color.view()])
+                .expect("same shapes"),
+        ),
         (3, 1) => {
             let g = &color.index_axis(Axis(0), 0) * 0.299
                 + &color.index_axis(Axis(0), 1) * 0.587
@@ -260,18 +255,34 @@ pub fn encode(pic: &Picture, opts: EncodeOptions, path: &Path) -> Result<Vec<u8>
     let img = if depth == 16 {
         let s: Vec<u16> = samples.iter().map(|v| *v as u16).collect();
         match (c, alpha.is_some()) {
-            (1, false) => DynamicImage::ImageLuma16(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?),
-            (1, true) => DynamicImage::ImageLumaA16(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?),
-            (_, false) => DynamicImage::ImageRgb16(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?),
-            (_, true) => DynamicImage::ImageRgba16(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?),
+            (1, false) => {
+                DynamicImage::ImageLuma16(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?)
+            }
+            (1, true) => {
+                DynamicImage::ImageLumaA16(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?)
+            }
+            (_, false) => {
+                DynamicImage::ImageRgb16(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?)
+            }
+            (_, true) => {
+                DynamicImage::ImageRgba16(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?)
+            }
         }
     } else {
         let s: Vec<u8> = samples.iter().map(|v| *v as u8).collect();
         match (c, alpha.is_some()) {
-            (1, false) => DynamicImage::ImageLuma8(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?),
-            (1, true) => DynamicImage::ImageLumaA8(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?),
-            (_, false) => DynamicImage::ImageRgb8(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?),
-            (_, true) => DynamicImage::ImageRgba8(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?),
+            (1, false) => {
+                DynamicImage::ImageLuma8(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?)
+            }
+            (1, true) => {
+                DynamicImage::ImageLumaA8(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?)
+            }
+            (_, false) => {
+                DynamicImage::ImageRgb8(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?)
+            }
+            (_, true) => {
+                DynamicImage::ImageRgba8(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?)
+            }
         }
     };
     let mut buf = Vec::new();
@@ -286,7 +297,8 @@ pub fn encode(pic: &Picture, opts: EncodeOptions, path: &Path) -> Result<Vec<u8>
             if let Some(e) = exif {
                 let _ = enc.set_exif_metadata(e);
             }
-            img.write_with_encoder(enc).map_err(|e| image_err(path, e))?;
+            img.write_with_encoder(enc)
+                .map_err(|e| image_err(path, e))?;
         }
         FileFormat::Tiff => {
             let mut cur = Cursor::new(&mut buf);
@@ -294,7 +306,8 @@ pub fn encode(pic: &Picture, opts: EncodeOptions, path: &Path) -> Result<Vec<u8>
             if let Some(p) = icc {
                 let _ = enc.set_icc_profile(p);
             }
-            img.write_with_encoder(enc).map_err(|e| image_err(path, e))?;
+            img.write_with_encoder(enc)
+                .map_err(|e| image_err(path, e))?;
         }
         FileFormat::Jpeg => {
             let mut enc = JpegEncoder::new_with_quality(&mut buf, opts.jpeg_quality);
@@ -304,7 +317,8 @@ pub fn encode(pic: &Picture, opts: EncodeOptions, path: &Path) -> Result<Vec<u8>
             if let Some(e) = exif {
                 let _ = enc.set_exif_metadata(e);
             }
-            img.write_with_encoder(enc).map_err(|e| image_err(path, e))?;
+            img.write_with_encoder(enc)
+                .map_err(|e| image_err(path, e))?;
         }
         FileFormat::Npy => {
             return Err(image_err(path, "npy output is written with encode_npy"));
@@ -481,7 +495,9 @@ mod tests {
                 let back = decode_bytes(&bytes, fmt, p).unwrap();
                 assert_eq!(back.bit_depth, depth);
                 let got = to_channels(&back.color, c).unwrap();
-                let diff = (&got - &pic.color).mapv(f64::abs).fold(0.0f64, |a, b| a.max(*b));
+                let diff = (&got - &pic.color)
+                    .mapv(f64::abs)
+                    .fold(0.0f64, |a, b| a.max(*b));
                 assert!(diff < 1e-12, "{fmt:?} {depth} {c}: {diff}");
                 assert_eq!(back.alpha, pic.alpha);
                 if fmt == FileFormat::Png {
@@ -506,9 +522,19 @@ mod tests {
             icc: None,
             exif: Some(exif.clone()),
         };
-        let back = decode_bytes(&encode(&pic, opts(FileFormat::Png, 8), p).unwrap(), FileFormat::Png, p).unwrap();
+        let back = decode_bytes(
+            &encode(&pic, opts(FileFormat::Png, 8), p).unwrap(),
+            FileFormat::Png,
+            p,
+        )
+        .unwrap();
         assert_eq!(back.exif, Some(exif.clone()));
-        let j = decode_bytes(&encode(&pic, opts(FileFormat::Jpeg, 8), p).unwrap(), FileFormat::Jpeg, p).unwrap();
+        let j = decode_bytes(
+            &encode(&pic, opts(FileFormat::Jpeg, 8), p).unwrap(),
+            FileFormat::Jpeg,
+            p,
+        )
+        .unwrap();
         assert!(j.color.iter().all(|v| (v - 0.5).abs() < 0.02));
         assert_eq!(j.exif, Some(exif));
     }
@@ -527,8 +553,12 @@ mod tests {
 
     #[test]
     fn corrupt_bytes_are_an_image_error_naming_the_file() {
-        let e = decode_bytes(b"\x89PNG\r\n\x1a\nnot really", FileFormat::Png, Path::new("bad.png"))
-            .unwrap_err();
+        let e = decode_bytes(
+            b"\x89PNG\r\n\x1a\nnot really",
+            FileFormat::Png,
+            Path::new("bad.png"),
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::Image { .. }));
         assert!(e.to_string().contains("bad.png"));
     }

@@ -152,13 +152,16 @@ impl Shard {
                 Ok(Some(Shard { index, count }))
             }
         };
-        if let (Some(id), Some(count)) = (
-            num("SLURM_ARRAY_TASK_ID")?,
-            num("SLURM_ARRAY_TASK_COUNT")?,
-        ) {
+        if let (Some(id), Some(count)) =
+            (num("SLURM_ARRAY_TASK_ID")?, num("SLURM_ARRAY_TASK_COUNT")?)
+        {
             let min = num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
             let index = id.checked_sub(min).ok_or_else(|| {
-                Error::invalid("SLURM_ARRAY_TASK_ID", id, format!(">= SLURM_ARRAY_TASK_MIN {min}"))
+                Error::invalid(
+                    "SLURM_ARRAY_TASK_ID",
+                    id,
+                    format!(">= SLURM_ARRAY_TASK_MIN {min}"),
+                )
             })?;
             return make(index, count, "slurm array task");
         }
@@ -265,10 +268,8 @@ pub fn discover(input: &Path, exclude: Option<&Path>) -> Result<Vec<InputItem>> 
         .sort_by_file_name()
         .into_iter()
         .filter_entry(|e| {
-            let hidden = e.depth() > 0
-                && e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.starts_with('.'));
+            let hidden =
+                e.depth() > 0 && e.file_name().to_str().is_some_and(|n| n.starts_with('.'));
             let excluded = exclude.as_ref().is_some_and(|x| {
                 e.file_type().is_dir() && e.path().canonicalize().is_ok_and(|p| &p == x)
             });
@@ -391,6 +392,9 @@ struct Job {
     seed: u64,
 }
 
+/// An input that could not be prepared: the job, why, and the seconds spent.
+type PrepareFailure = (Job, Error, f64);
+
 /// Shared state of one run.
 struct Ctx<'a> {
     spec: &'a PipelineSpec,
@@ -408,7 +412,13 @@ impl Ctx<'_> {
     }
 
     /// The mask (1 = known) of an image with x size (h, w), for inpainting.
-    fn mask(&self, rel: &Path, seed: u64, h: usize, w: usize) -> Result<Option<ndarray::Array2<f64>>> {
+    fn mask(
+        &self,
+        rel: &Path,
+        seed: u64,
+        h: usize,
+        w: usize,
+    ) -> Result<Option<ndarray::Array2<f64>>> {
         let Some(m) = &self.spec.task.mask else {
             return Ok(None);
         };
@@ -425,12 +435,7 @@ impl Ctx<'_> {
     }
 
     fn operator(&self, rel: &Path, seed: u64, x_shape: [usize; 3]) -> Result<OperatorRef> {
-        let shared = self
-            .spec
-            .task
-            .mask
-            .as_ref()
-            .is_none_or(MaskSpec::is_shared);
+        let shared = self.spec.task.mask.as_ref().is_none_or(MaskSpec::is_shared);
         if shared {
             if let Some(op) = self.op_cache.lock().expect("cache").get(&x_shape) {
                 return Ok(op.clone());
@@ -448,7 +453,7 @@ impl Ctx<'_> {
     }
 
     /// Decode an input and build its measurement and operator.
-    fn prepare(&self, job: Job) -> Result<Prepared, (Job, Error, f64)> {
+    fn prepare(&self, job: Job) -> Result<Prepared, Box<PrepareFailure>> {
         let t0 = Instant::now();
         let r = (|| -> Result<(Picture, Img, OperatorRef, Option<Img>)> {
             let pic = imageio::decode(&job.item.path)?;
@@ -493,7 +498,7 @@ impl Ctx<'_> {
                 init_noise,
                 seconds: secs,
             }),
-            Err(e) => Err((job, e, secs)),
+            Err(e) => Err(Box::new((job, e, secs))),
         }
     }
 
@@ -527,7 +532,12 @@ impl Ctx<'_> {
         let mut problems = batch
             .iter()
             .map(|p| {
-                let pr = Problem::new(p.op.clone(), p.y.clone(), self.spec.task.noise_sigma, p.job.seed)?;
+                let pr = Problem::new(
+                    p.op.clone(),
+                    p.y.clone(),
+                    self.spec.task.noise_sigma,
+                    p.job.seed,
+                )?;
                 match &p.init_noise {
                     Some(z) => pr.with_init_noise(z.clone()),
                     None => Ok(pr),
@@ -779,7 +789,12 @@ pub fn run_with(spec: &PipelineSpec, opts: &RunOptions, engine: &Engine) -> Resu
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(spec.runtime.threads)
             .build()
-            .map_err(|e| Error::Unsupported(format!("cannot start {} threads: {e}", spec.runtime.threads)))?;
+            .map_err(|e| {
+                Error::Unsupported(format!(
+                    "cannot start {} threads: {e}",
+                    spec.runtime.threads
+                ))
+            })?;
         pool.install(|| run_inner(spec, opts, engine))
     } else {
         run_inner(spec, opts, engine)
@@ -881,7 +896,7 @@ fn run_inner(spec: &PipelineSpec, opts: &RunOptions, engine: &Engine) -> Result<
     let batch_size = spec.runtime.batch_size.max(1);
     let window = (batch_size * 4).max(32);
     for jobs in todo.chunks(window) {
-        let prepared: Vec<Result<Prepared, (Job, Error, f64)>> = jobs
+        let prepared: Vec<Result<Prepared, Box<PrepareFailure>>> = jobs
             .par_iter()
             .map(|job| ctx.prepare(job.clone()))
             .collect();
@@ -889,7 +904,8 @@ fn run_inner(spec: &PipelineSpec, opts: &RunOptions, engine: &Engine) -> Result<
         for p in prepared {
             match p {
                 Ok(p) => ready.push(p),
-                Err((job, e, secs)) => {
+                Err(failed) => {
+                    let (job, e, secs) = *failed;
                     record(&mut summary, &job, "failed", Some(e.to_string()), 0, secs)?
                 }
             }

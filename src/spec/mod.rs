@@ -281,7 +281,9 @@ impl Override {
             .ok_or_else(|| bad("expected KEY=VALUE (e.g. sampler.steps=10)"))?;
         let path: Vec<String> = key.trim().split('.').map(|p| p.trim().to_owned()).collect();
         if path.iter().any(|p| p.is_empty()) {
-            return Err(bad("empty key segment (expected a dotted path like sampler.steps)"));
+            return Err(bad(
+                "empty key segment (expected a dotted path like sampler.steps)",
+            ));
         }
         let mut value = match node::parse(val) {
             Ok(n) => n,
@@ -366,8 +368,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, v) in d[0].iter_mut().enumerate() {
+        *v = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -500,8 +502,12 @@ impl Ctx<'_> {
                     if lo_open { "(" } else { "[" },
                     if hi_open { ")" } else { "]" }
                 ),
-                (true, false) => format!("a finite value {} {lo}", if lo_open { ">" } else { ">=" }),
-                (false, true) => format!("a finite value {} {hi}", if hi_open { "<" } else { "<=" }),
+                (true, false) => {
+                    format!("a finite value {} {lo}", if lo_open { ">" } else { ">=" })
+                }
+                (false, true) => {
+                    format!("a finite value {} {hi}", if hi_open { "<" } else { "<=" })
+                }
                 (false, false) => "a finite number".into(),
             };
             Err(self.invalid(what, node, &expected))
@@ -770,17 +776,16 @@ impl PipelineSpec {
         let s = Section::of(ctx, node, "task")?;
         let op_choices: Vec<(&str, OperatorKind)> =
             OperatorKind::ALL.iter().map(|k| (k.as_str(), *k)).collect();
-        let operator = ctx.choice(
-            s.require(ctx, "operator", "task")?,
-            "operator",
-            &op_choices,
-        )?;
+        let operator = ctx.choice(s.require(ctx, "operator", "task")?, "operator", &op_choices)?;
         let scale = match (operator.is_sr(), s.get("scale")) {
             (true, Some(n)) => ctx.usize(n, "scale", 2, 64)?,
             (true, None) => {
                 return Err(ctx.err(
                     &node.origin,
-                    format!("missing key `scale` in task (required by {})", operator.as_str()),
+                    format!(
+                        "missing key `scale` in task (required by {})",
+                        operator.as_str()
+                    ),
                 ))
             }
             (false, _) => {
@@ -959,11 +964,7 @@ impl PipelineSpec {
         let end_time = f("end_time", (0.0, true), (1.0, true))?;
         if let (Some(st), Some(et), Some(n)) = (start_time, end_time, s.get("end_time")) {
             if et >= st {
-                return Err(ctx.invalid(
-                    "end_time",
-                    n,
-                    &format!("a value below start_time {st}"),
-                ));
+                return Err(ctx.invalid("end_time", n, &format!("a value below start_time {st}")));
             }
         }
         let eta = f("eta", (0.0, false), (1.0, false))?;
@@ -1265,9 +1266,10 @@ mod tests {
 
     #[test]
     fn unknown_key_has_position_and_hint() {
-        let e = parse("model: m\ntask:\n  operator: denoise\nsampler:\n  name: c-pigdm\n  stpes: 3\n")
-            .unwrap_err()
-            .to_string();
+        let e =
+            parse("model: m\ntask:\n  operator: denoise\nsampler:\n  name: c-pigdm\n  stpes: 3\n")
+                .unwrap_err()
+                .to_string();
         assert!(e.starts_with("t.yaml:6:3: "), "{e}");
         assert!(e.contains("did you mean `steps`"), "{e}");
         let e = parse(&format!("{MIN}steps: 3\n")).unwrap_err().to_string();
@@ -1283,7 +1285,10 @@ mod tests {
         let e = parse(&MIN.replace("c-pigdm\n", "c-pigdm\n  start_time: 1.5\n"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("invalid start_time 1.5 (expected a value in (0, 1])"), "{e}");
+        assert!(
+            e.contains("invalid start_time 1.5 (expected a value in (0, 1])"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1301,7 +1306,10 @@ mod tests {
         let e = PipelineSpec::parse(MIN, "t.yaml", Path::new("/base"), &bad)
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("--set sampler.steps=0: invalid steps 0"), "{e}");
+        assert!(
+            e.starts_with("--set sampler.steps=0: invalid steps 0"),
+            "{e}"
+        );
         let typo = [Override::parse("sampler.guidence=3").unwrap()];
         let e = PipelineSpec::parse(MIN, "t.yaml", Path::new("/base"), &typo)
             .unwrap_err()
