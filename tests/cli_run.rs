@@ -288,14 +288,16 @@ fn a_killed_run_resumes_to_complete_identical_outputs() {
         .unwrap();
     let t0 = Instant::now();
     loop {
-        let n = if out.exists() {
-            outputs(&out)
-                .iter()
-                .filter(|(p, _)| !imageio::is_temp_path(p))
-                .count()
-        } else {
-            0
-        };
+        // Count complete outputs without reading them (files are being renamed meanwhile).
+        let n = walkdir::WalkDir::new(&out)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_type().is_file()
+                    && !imageio::is_temp_path(e.path())
+                    && e.path().extension().is_some_and(|x| x == "png")
+            })
+            .count();
         if n >= 2 || t0.elapsed() > Duration::from_secs(120) {
             break;
         }
