@@ -562,3 +562,52 @@ fn init_noise_replaces_the_seeded_draw() {
         }
     }
 }
+
+#[test]
+fn tiff_and_jpeg_inputs_keep_their_format_unless_told() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    for (name, format, depth) in [
+        ("a.tif", FileFormat::Tiff, 16),
+        ("b.jpg", FileFormat::Jpeg, 8),
+    ] {
+        let pic = Picture {
+            color: pattern(3, 8, 8, 4),
+            alpha: None,
+            bit_depth: depth,
+            format,
+            icc: None,
+            exif: None,
+        };
+        let opts = EncodeOptions {
+            format,
+            bit_depth: depth,
+            jpeg_quality: 95,
+        };
+        let p = input.join(name);
+        std::fs::write(&p, imageio::encode(&pic, opts, &p).unwrap()).unwrap();
+    }
+    let out = tmp.path().join("out");
+    let sum = run(&spec(SPEC, &[]), info(3, None), &input, &out, None);
+    assert_eq!(sum.restored, 2, "{:?}", sum.failures);
+    let a = imageio::decode(&out.join("a.tif")).unwrap();
+    assert_eq!((a.format, a.bit_depth), (FileFormat::Tiff, 16));
+    // Denoise returns y: the TIFF's 16-bit values come back exactly.
+    assert_eq!(
+        a.color,
+        imageio::decode(&input.join("a.tif")).unwrap().color
+    );
+    let b = imageio::decode(&out.join("b.jpg")).unwrap();
+    assert_eq!((b.format, b.bit_depth), (FileFormat::Jpeg, 8));
+    let png = tmp.path().join("png");
+    run(
+        &spec(SPEC, &["io.format=png"]),
+        info(3, None),
+        &input,
+        &png,
+        None,
+    );
+    assert!(png.join("a.png").is_file() && png.join("b.png").is_file());
+    assert_eq!(imageio::decode(&png.join("a.png")).unwrap().bit_depth, 16);
+}
