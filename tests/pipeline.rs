@@ -611,3 +611,25 @@ fn tiff_and_jpeg_inputs_keep_their_format_unless_told() {
     assert!(png.join("a.png").is_file() && png.join("b.png").is_file());
     assert_eq!(imageio::decode(&png.join("a.png")).unwrap().bit_depth, 16);
 }
+
+#[test]
+fn the_output_folder_may_not_be_the_input_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    write_png(&input.join("x.png"), pattern(1, 8, 8, 0), 8, None, false);
+    let engine = Engine {
+        model: info(1, None),
+        denoiser: &Half,
+        sampler: &Seeded,
+        build_operator: &factory,
+    };
+    let opts = RunOptions {
+        input: Some(input.clone()),
+        output: Some(input.join(".")),
+        ..Default::default()
+    };
+    let e = pipeline::run_with(&spec(SPEC, &[]), &opts, &engine).unwrap_err();
+    assert!(e.to_string().contains("is the input folder"), "{e}");
+    let before = std::fs::read(input.join("x.png")).unwrap();
+    assert_eq!(std::fs::read(input.join("x.png")).unwrap(), before);
+}

@@ -805,7 +805,22 @@ fn run_inner(spec: &PipelineSpec, opts: &RunOptions, engine: &Engine) -> Result<
     let t0 = Instant::now();
     let (input, output) = resolve_io(spec, opts)?;
     std::fs::create_dir_all(&output).map_err(|e| Error::io(&output, e))?;
+    if input.canonicalize().ok() == output.canonicalize().ok() {
+        return Err(Error::Spec {
+            location: String::new(),
+            message: format!(
+                "the output folder {} is the input folder; restored files would replace the inputs",
+                output.display()
+            ),
+        });
+    }
     let mut items = discover(&input, Some(&output))?;
+    if items.is_empty() {
+        tracing::warn!(
+            "no image files (png, tif, tiff, jpg, jpeg) under {}",
+            input.display()
+        );
+    }
     if let Some(sh) = opts.shard {
         items.retain(|it| it.index % sh.count == sh.index);
     }
