@@ -352,6 +352,18 @@ fn sixteen_bit_and_icc_are_carried_through_run() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let r = imageio::decode(&out.join("deep.png")).unwrap();
     assert_eq!(r.bit_depth, 16);
+    // A rerun finds nothing to do and does not even load the model.
+    let o = run(
+        &spec("denoise-c-pigdm.yaml"),
+        &y,
+        &out,
+        &["--set", "sampler.steps=2"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let m = manifest(&out);
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[1]["status"], "skipped");
+    assert_eq!(m[1]["engine"], "none (nothing to restore)");
     assert_eq!(r.icc, Some(icc));
     let o = run(
         &spec("denoise-c-pigdm.yaml"),

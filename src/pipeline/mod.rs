@@ -754,6 +754,21 @@ fn resolve_io(spec: &PipelineSpec, opts: &RunOptions) -> Result<(PathBuf, PathBu
 /// tiles per network call), so images of any size can be restored; an image of exactly the tile size is
 /// one tile with weight 1, i.e. the plain network.
 pub fn run(spec: &PipelineSpec, opts: &RunOptions) -> Result<RunSummary> {
+    if !has_work(spec, opts)? {
+        // Everything is done already (or there are no inputs): record the skips without loading the
+        // model, which can take minutes (TensorRT engine builds).
+        let card = ModelCard::load(&spec.model)?;
+        let info = ModelInfo::from_card(&card, &spec.model)?;
+        check_model(spec, info.kind, card.graphs.vjp.is_some())?;
+        let build = |d: &Degradation, shape: [usize; 3]| d.build(shape);
+        let engine = Engine {
+            model: info,
+            denoiser: &Idle,
+            sampler: &Idle,
+            build_operator: &build,
+        };
+        return run_with(spec, opts, &engine);
+    }
     let loaded = crate::model::load(&spec.model, &spec.runtime_options())?;
     let mut info = ModelInfo::from_card(&loaded.card, &loaded.dir)?;
     check_model(spec, info.kind, loaded.denoiser.has_vjp())?;
@@ -780,6 +795,44 @@ pub fn run(spec: &PipelineSpec, opts: &RunOptions) -> Result<RunSummary> {
         build_operator: &build,
     };
     run_with(spec, opts, &engine)
+}
+
+/// Whether any input of this shard still needs restoring.
+fn has_work(spec: &PipelineSpec, opts: &RunOptions) -> Result<bool> {
+    let (input, output) = resolve_io(spec, opts)?;
+    let items = discover(&input, Some(&output))?;
+    Ok(items.iter().any(|it| {
+        let mine = opts.shard.is_none_or(|sh| it.index % sh.count == sh.index);
+        let out = output_path(&output, &it.rel, spec.io.format);
+        mine && !(spec.io.skip_existing && !opts.overwrite && out.is_file())
+    }))
+}
+
+/// Stands in for the network and the sampler when there is nothing to restore; never called.
+struct Idle;
+
+impl Denoiser for Idle {
+    fn engine(&self) -> String {
+        "none (nothing to restore)".into()
+    }
+    fn predict(&self, _x: ndarray::ArrayView4<f64>, _t: &[f64]) -> Result<ndarray::Array4<f64>> {
+        Err(Error::Unsupported("no model was loaded".into()))
+    }
+    fn has_vjp(&self) -> bool {
+        false
+    }
+}
+
+impl Sampler for Idle {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn nfe(&self) -> usize {
+        0
+    }
+    fn sample(&self, _net: &Network, _problems: &mut [Problem]) -> Result<Vec<Img>> {
+        Err(Error::Unsupported("no model was loaded".into()))
+    }
 }
 
 /// Run a spec with a given engine (network, sampler, operator factory). Errors returned here mean nothing
