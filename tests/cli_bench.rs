@@ -19,8 +19,12 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Run `conjure bench` with TMPDIR = `tmp`; returns the parsed JSON report.
+/// Run `conjure bench` on pipelines/sr4-c-pigdm.yaml with TMPDIR = `tmp`; returns the JSON report.
 fn bench(tmp: &Path, args: &[&str]) -> Value {
+    bench_spec(tmp, "pipelines/sr4-c-pigdm.yaml", args)
+}
+
+fn bench_spec(tmp: &Path, spec: &str, args: &[&str]) -> Value {
     let json = tmp.join("report.json");
     let scratch = tmp.join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
@@ -29,7 +33,7 @@ fn bench(tmp: &Path, args: &[&str]) -> Value {
         .env_remove("RUST_LOG")
         .env("TMPDIR", &scratch)
         .arg("bench")
-        .arg("pipelines/sr4-c-pigdm.yaml")
+        .arg(spec)
         .args(args)
         .arg("--json")
         .arg(&json)
@@ -185,6 +189,24 @@ fn network_bench_reports_engine_and_consistent_numbers() {
     check_consistent(&r, 3, 2);
     assert_eq!(r["analytic"], false);
     assert!(r["engine"].as_str().unwrap().starts_with("tract"), "{r}");
+}
+
+#[test]
+fn per_image_masks_follow_the_cycled_inputs() {
+    // 10 images from the 8 inpainting examples: the second cycle must find its masks too.
+    let tmp = tempfile::tempdir().unwrap();
+    let r = bench_spec(
+        tmp.path(),
+        "pipelines/inpaint-box-c-pigdm.yaml",
+        &[
+            "--analytic",
+            "--images",
+            "10",
+            "--set",
+            "task.mask={kind: per-image, dir: examples/inpaint-box-masks}",
+        ],
+    );
+    check_consistent(&r, 10, 5);
 }
 
 #[test]

@@ -42,7 +42,7 @@ use conjure::operators::{Degradation, Img};
 use conjure::pipeline::{self, Engine, ModelInfo, ProgressMode, RunOptions};
 use conjure::samplers::{ModelSchedule, Problem, Sampler};
 use conjure::schedules::TimeInput;
-use conjure::spec::{Override, PipelineSpec, TileSize};
+use conjure::spec::{MaskSpec, Override, PipelineSpec, TileSize};
 
 /// Arguments of `conjure bench`.
 #[derive(clap::Args, Debug)]
@@ -203,18 +203,35 @@ fn analytic_denoiser(info: &ModelInfo, shape: [usize; 3]) -> anyhow::Result<Arc<
     })
 }
 
-/// Fill `dir` with `n` images cycling `items`: cycle k goes to `dir/k/<relative path>`.
-fn cycle_inputs(items: &[pipeline::InputItem], n: usize, dir: &Path) -> anyhow::Result<()> {
+/// Hard-link (else copy) `src` to `dst`, creating `dst`'s folder.
+fn link(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    if let Some(d) = dst.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    if std::fs::hard_link(src, dst).is_err() {
+        std::fs::copy(src, dst)
+            .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
+    }
+    Ok(())
+}
+
+/// Fill `dir` with `n` images cycling `items`: cycle k goes to `dir/k/<relative path>`. Per-image masks
+/// (`mask: {kind: per-image, dir}`) are mirrored the same way into `masks`, when given.
+fn cycle_inputs(
+    items: &[pipeline::InputItem],
+    n: usize,
+    dir: &Path,
+    masks: Option<(&Path, &Path)>,
+) -> anyhow::Result<()> {
     for i in 0..n {
         let it = &items[i % items.len()];
-        let dst = dir.join(format!("{:05}", i / items.len())).join(&it.rel);
-        if let Some(d) = dst.parent() {
-            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
-        }
-        if std::fs::hard_link(&it.path, &dst).is_err() {
-            std::fs::copy(&it.path, &dst).with_context(|| {
-                format!("cannot copy {} to {}", it.path.display(), dst.display())
-            })?;
+        let cycle = format!("{:05}", i / items.len());
+        link(&it.path, &dir.join(&cycle).join(&it.rel))?;
+        if let Some((from, to)) = masks {
+            let m = from.join(&it.rel).with_extension("png");
+            if m.is_file() {
+                link(&m, &to.join(&cycle).join(&it.rel).with_extension("png"))?;
+            }
         }
     }
     Ok(())
@@ -235,7 +252,7 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         .iter()
         .map(|s| Override::parse(s))
         .collect::<conjure::Result<Vec<_>>>()?;
-    let spec = PipelineSpec::load(&args.spec, &overrides)?;
+    let mut spec = PipelineSpec::load(&args.spec, &overrides)?;
     let input = args
         .input
         .clone()
@@ -297,7 +314,20 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let in_dir = tmp.0.join("in");
     let out_dir = tmp.0.join("out");
     let manifest = tmp.0.join("manifest.jsonl");
-    cycle_inputs(&items, n, &in_dir)?;
+    let mask_dir = tmp.0.join("masks");
+    let per_image = match &spec.task.mask {
+        Some(MaskSpec::PerImage { dir }) => Some(dir.clone()),
+        _ => None,
+    };
+    cycle_inputs(
+        &items,
+        n,
+        &in_dir,
+        per_image.as_deref().map(|d| (d, mask_dir.as_path())),
+    )?;
+    if per_image.is_some() {
+        spec.task.mask = Some(MaskSpec::PerImage { dir: mask_dir });
+    }
     let opts = RunOptions {
         input: Some(in_dir),
         output: Some(out_dir),
