@@ -195,7 +195,7 @@ fn analytic_denoiser(info: &ModelInfo, shape: [usize; 3]) -> anyhow::Result<Arc<
             };
             let level = match info.time {
                 TimeInput::Index { .. } => NoiseLevel::DdpmIndex(ddpm.clone()),
-                TimeInput::Unit => NoiseLevel::VpUnit(vp.clone()),
+                TimeInput::Unit => NoiseLevel::VpUnit(*vp),
             };
             Arc::new(GaussianDiffusion::new(prior, level, info.param)?)
         }
