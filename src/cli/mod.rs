@@ -11,6 +11,7 @@ use conjure::model::card::ModelCard;
 use conjure::pipeline::{self, ModelInfo, ProgressMode, RunOptions, Shard};
 use conjure::spec::{Override, PipelineSpec};
 
+mod bench;
 mod eval;
 mod inspect;
 
@@ -84,6 +85,8 @@ enum Command {
     },
     /// Score restored images against clean references (PSNR, SSIM, consistency; --json, --plot).
     Eval(eval::EvalArgs),
+    /// Run a spec on N images and report where the time goes (network, sampler, I/O, idle).
+    Bench(bench::BenchArgs),
     /// Model directories.
     Model {
         #[command(subcommand)]
@@ -302,6 +305,10 @@ fn dispatch(cmd: Command) -> Result<i32, Failure> {
             }
         }
         Command::Eval(args) => eval::eval(&args).map_err(|e| Failure {
+            code: EXIT_USAGE,
+            error: e,
+        }),
+        Command::Bench(args) => bench::bench(&args).map_err(|e| Failure {
             code: EXIT_USAGE,
             error: e,
         }),

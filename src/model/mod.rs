@@ -12,6 +12,7 @@ use crate::schedules::TimeInput;
 
 pub mod analytic;
 pub mod tiled;
+pub mod timed;
 
 /// Diffusion (ε / x₀ networks on a VP schedule) or rectified flow (velocity networks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,482 @@
+//! `conjure bench SPEC`: run a spec's pipeline on N images and say where the time goes (issue 6).
+//!
+//! The bench runs the real `run` pipeline ([`pipeline::run_with`]: decode, batch, sample, encode,
+//! atomic write, manifest) on N images made by cycling the spec's inputs (hard links, else copies, in a
+//! temporary folder, one sub-folder per cycle so every image keeps its own seed), writes the outputs to
+//! that temporary folder and removes it afterwards. Two decorators measure it without timers inside the
+//! library: a [`TimedDenoiser`] directly around the network engine (inside the tiling layer) and a
+//! timing wrapper around the sampler. The split, in wall-clock seconds of the run:
+//!
+//! * `network_forward`, `network_vjp` — inside the engine's forward / VJP calls;
+//! * `sampler` — inside the sampler minus the network: sampler math, coefficient (Φ) setup, operators,
+//!   tiling and the f64↔f32 batch conversion;
+//! * `io` — decode + measurement preparation + encode + atomic write, measured per image on the worker
+//!   threads (`io_thread_seconds`, from the manifest's per-image seconds minus the sampling share) and
+//!   divided by the worker count: the wall time those phases would take with every worker busy;
+//! * `idle` — the rest of the run: input discovery, manifest writes, workers waiting on each other.
+//!
+//! `total` = the wall time of the pipeline (model loading and sampler construction are `setup`,
+//! reported apart). The four parts sum to `total` by construction. `overhead_ratio` =
+//! (total − network) / network. `peak_rss_bytes` is the process high-water mark (`VmHWM`).
+//!
+//! `--analytic` swaps the network for the exact Gaussian-prior denoiser of the model's kind,
+//! parameterization and time input (prior N(0, 0.25 I) at the model's image size): the network time is
+//! then the oracle's and the rest is the pure pipeline + sampler cost.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use serde::Serialize;
+
+use conjure::model::analytic::{
+    GaussianDiffusion, GaussianFlow, GaussianPrior, IdentityBasis, NoiseLevel,
+};
+use conjure::model::card::ModelCard;
+use conjure::model::tiled::{TileConfig, TiledDenoiser};
+use conjure::model::timed::TimedDenoiser;
+use conjure::model::{Denoiser, ModelKind, Network};
+use conjure::operators::{Degradation, Img};
+use conjure::pipeline::{self, Engine, ModelInfo, ProgressMode, RunOptions};
+use conjure::samplers::{ModelSchedule, Problem, Sampler};
+use conjure::schedules::TimeInput;
+use conjure::spec::{MaskSpec, Override, PipelineSpec, TileSize};
+
+/// Arguments of `conjure bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// The pipeline spec (YAML).
+    pub spec: PathBuf,
+    /// Number of images to restore, cycling the spec's inputs (default: each input once).
+    #[arg(long)]
+    pub images: Option<usize>,
+    /// Also write the report as JSON to this file (`-` = stdout instead of the text report).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Replace the network by the exact Gaussian-prior denoiser of the same kind (pure sampler cost).
+    #[arg(long)]
+    pub analytic: bool,
+    /// Input file or directory (overrides io.input).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Override a spec key: --set runtime.batch_size=16 (repeatable; the value is YAML).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// Wall-clock seconds of a bench run.
+#[derive(Debug, Serialize)]
+pub struct Seconds {
+    pub total: f64,
+    pub network_forward: f64,
+    pub network_vjp: f64,
+    pub network: f64,
+    pub sampler: f64,
+    pub io: f64,
+    pub idle: f64,
+    /// Model loading and sampler construction (not part of `total`).
+    pub setup: f64,
+}
+
+/// Network calls seen by the timing decorator (images = batch entries or tiles).
+#[derive(Debug, Serialize)]
+pub struct NetworkCalls {
+    pub forward_calls: u64,
+    pub forward_images: u64,
+    pub vjp_calls: u64,
+    pub vjp_images: u64,
+}
+
+/// The bench report (`--json`).
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub spec: String,
+    pub sampler: String,
+    pub steps: Option<usize>,
+    /// NFE per image the sampler declares.
+    pub nfe_per_image: usize,
+    pub images: usize,
+    pub restored: usize,
+    pub failed: usize,
+    pub batch_size: usize,
+    /// Worker threads for decode / encode.
+    pub threads: usize,
+    pub engine: String,
+    pub provider: String,
+    pub analytic: bool,
+    pub seconds: Seconds,
+    /// Decode + prepare + encode + write, summed over images (thread-seconds).
+    pub io_thread_seconds: f64,
+    pub images_per_second: f64,
+    /// NFE as the paper counts it (a step with a VJP counts once): the sampler's NFE/image × images
+    /// restored, e.g. steps × images for C-ΠGDM.
+    pub nfe: usize,
+    /// Network evaluations actually run, forwards + VJPs (Σ of the manifest's per-image `nfe`); a
+    /// C-ΠGDM step with `jacobian: exact` is one forward and one VJP.
+    pub network_evaluations: usize,
+    pub network_calls: NetworkCalls,
+    /// (total − network) / network.
+    pub overhead_ratio: f64,
+    /// Peak resident set size of the process (VmHWM), bytes; null where unavailable.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// A sampler decorator that sums the wall time of `sample` calls.
+struct TimedSampler<'a> {
+    inner: &'a dyn Sampler,
+    nanos: AtomicU64,
+}
+
+impl Sampler for TimedSampler<'_> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn nfe(&self) -> usize {
+        self.inner.nfe()
+    }
+    fn sample(&self, net: &Network, problems: &mut [Problem]) -> conjure::Result<Vec<Img>> {
+        let t0 = Instant::now();
+        let r = self.inner.sample(net, problems);
+        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(ns, Ordering::Relaxed);
+        r
+    }
+}
+
+/// A temporary folder removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> anyhow::Result<Self> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!("conjure-bench-{}-{stamp}", std::process::id()));
+        std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The process's peak resident set size in bytes (`VmHWM` of /proc/self/status).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The exact Gaussian-prior denoiser (prior N(0, 0.25 I) of `shape`) of the model's kind,
+/// parameterization and time input.
+fn analytic_denoiser(info: &ModelInfo, shape: [usize; 3]) -> anyhow::Result<Arc<dyn Denoiser>> {
+    let prior = GaussianPrior::new(
+        Arc::new(IdentityBasis),
+        Img::zeros(shape),
+        Img::from_elem(shape, 0.25),
+    )?;
+    Ok(match info.kind {
+        ModelKind::Diffusion => {
+            let ModelSchedule::Diffusion { vp, ddpm } = &info.schedule else {
+                bail!("a diffusion model without a diffusion schedule");
+            };
+            let level = match info.time {
+                TimeInput::Index { .. } => NoiseLevel::DdpmIndex(ddpm.clone()),
+                TimeInput::Unit => NoiseLevel::VpUnit(*vp),
+            };
+            Arc::new(GaussianDiffusion::new(prior, level, info.param)?)
+        }
+        ModelKind::Flow => Arc::new(GaussianFlow::new(prior, info.time, info.param)?),
+    })
+}
+
+/// Hard-link (else copy) `src` to `dst`, creating `dst`'s folder.
+fn link(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    if let Some(d) = dst.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    if std::fs::hard_link(src, dst).is_err() {
+        std::fs::copy(src, dst)
+            .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
+    }
+    Ok(())
+}
+
+/// Fill `dir` with `n` images cycling `items`: cycle k goes to `dir/k/<relative path>`. Per-image masks
+/// (`mask: {kind: per-image, dir}`) are mirrored the same way into `masks`, when given.
+fn cycle_inputs(
+    items: &[pipeline::InputItem],
+    n: usize,
+    dir: &Path,
+    masks: Option<(&Path, &Path)>,
+) -> anyhow::Result<()> {
+    for i in 0..n {
+        let it = &items[i % items.len()];
+        let cycle = format!("{:05}", i / items.len());
+        link(&it.path, &dir.join(&cycle).join(&it.rel))?;
+        if let Some((from, to)) = masks {
+            let m = from.join(&it.rel).with_extension("png");
+            if m.is_file() {
+                link(&m, &to.join(&cycle).join(&it.rel).with_extension("png"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Split an engine description `name/provider` (provider `cpu` when none is named).
+fn engine_provider(engine: &str) -> (String, String) {
+    match engine.rsplit_once('/') {
+        Some((e, p)) => (e.to_string(), p.to_string()),
+        None => (engine.to_string(), "cpu".to_string()),
+    }
+}
+
+/// Run the bench and return the report.
+pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
+    let overrides = args
+        .set
+        .iter()
+        .map(|s| Override::parse(s))
+        .collect::<conjure::Result<Vec<_>>>()?;
+    let mut spec = PipelineSpec::load(&args.spec, &overrides)?;
+    let input = args
+        .input
+        .clone()
+        .or_else(|| spec.io.input.clone())
+        .ok_or_else(|| anyhow!("no input: give --input or io.input in the spec"))?;
+    let items = pipeline::discover(&input, None)?;
+    if items.is_empty() {
+        bail!(
+            "no image files (png, tif, tiff, jpg, jpeg) under {}",
+            input.display()
+        );
+    }
+    let n = args.images.unwrap_or(items.len());
+    if n == 0 {
+        bail!("invalid images 0 (expected >= 1)");
+    }
+
+    // Setup: model (or oracle), timing decorators, sampler.
+    let t_setup = Instant::now();
+    let card = ModelCard::load(&spec.model)?;
+    let mut info = ModelInfo::from_card(&card, &spec.model)?;
+    let shape = [card.image.channels, card.image.height, card.image.width];
+    let inner: Arc<dyn Denoiser> = if args.analytic {
+        analytic_denoiser(&info, shape)?
+    } else {
+        Arc::from(conjure::model::load(&spec.model, &spec.runtime_options())?.denoiser)
+    };
+    pipeline::check_model(&spec, info.kind, inner.has_vjp())?;
+    let timed = Arc::new(TimedDenoiser::new(inner));
+    let (tile_h, tile_w) = match spec.runtime.tile_size {
+        TileSize::Model => (card.image.height, card.image.width),
+        TileSize::Pixels(p) => (p, p),
+    };
+    let tiled = TiledDenoiser::new(
+        timed.clone(),
+        TileConfig {
+            tile_h,
+            tile_w,
+            overlap: spec.runtime.tile_overlap,
+            batch_size: spec.runtime.batch_size,
+        },
+    )?;
+    info.size = None;
+    let sampler = conjure::samplers::build(&spec.sampler_config(), &info.schedule)?;
+    let timed_sampler = TimedSampler {
+        inner: sampler.as_ref(),
+        nanos: AtomicU64::new(0),
+    };
+    let build = |d: &Degradation, s: [usize; 3]| d.build(s);
+    let engine = Engine {
+        model: info,
+        denoiser: &tiled,
+        sampler: &timed_sampler,
+        build_operator: &build,
+    };
+    let setup = t_setup.elapsed().as_secs_f64();
+
+    let tmp = TempDir::new()?;
+    let in_dir = tmp.0.join("in");
+    let out_dir = tmp.0.join("out");
+    let manifest = tmp.0.join("manifest.jsonl");
+    let mask_dir = tmp.0.join("masks");
+    let per_image = match &spec.task.mask {
+        Some(MaskSpec::PerImage { dir }) => Some(dir.clone()),
+        _ => None,
+    };
+    cycle_inputs(
+        &items,
+        n,
+        &in_dir,
+        per_image.as_deref().map(|d| (d, mask_dir.as_path())),
+    )?;
+    if per_image.is_some() {
+        spec.task.mask = Some(MaskSpec::PerImage { dir: mask_dir });
+    }
+    let opts = RunOptions {
+        input: Some(in_dir),
+        output: Some(out_dir),
+        overwrite: true,
+        shard: None,
+        manifest: Some(manifest.clone()),
+        progress: ProgressMode::Quiet,
+    };
+    let threads = if spec.runtime.threads > 0 {
+        spec.runtime.threads
+    } else {
+        rayon::current_num_threads()
+    };
+
+    let t0 = Instant::now();
+    let summary = pipeline::run_with(&spec, &opts, &engine)?;
+    let total = t0.elapsed().as_secs_f64();
+    let peak_rss = peak_rss_bytes();
+
+    // Per-image seconds and NFE from the manifest.
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    let (mut image_seconds, mut evaluations) = (0.0, 0usize);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        image_seconds += v["seconds"].as_f64().unwrap_or(0.0);
+        evaluations += v["nfe"].as_u64().unwrap_or(0) as usize;
+    }
+
+    let net = timed.times();
+    let sampling = timed_sampler.nanos.load(Ordering::Relaxed) as f64 * 1e-9;
+    let network = net.seconds();
+    let sampler_s = (sampling - network).max(0.0);
+    let outside = (total - sampling).max(0.0);
+    let io_thread = (image_seconds - sampling).max(0.0);
+    let io = (io_thread / threads.max(1) as f64).min(outside);
+    let idle = (total - network - sampler_s - io).max(0.0);
+    let (engine_name, provider) = engine_provider(&timed.engine());
+    Ok(BenchReport {
+        spec: args.spec.display().to_string(),
+        sampler: sampler.name().to_string(),
+        steps: spec.sampler.steps,
+        nfe_per_image: sampler.nfe(),
+        images: n,
+        restored: summary.restored,
+        failed: summary.failed,
+        batch_size: spec.runtime.batch_size,
+        threads,
+        engine: engine_name,
+        provider,
+        analytic: args.analytic,
+        seconds: Seconds {
+            total,
+            network_forward: net.forward_seconds,
+            network_vjp: net.vjp_seconds,
+            network,
+            sampler: sampler_s,
+            io,
+            idle,
+            setup,
+        },
+        io_thread_seconds: io_thread,
+        images_per_second: summary.restored as f64 / total.max(1e-12),
+        nfe: sampler.nfe() * summary.restored,
+        network_evaluations: evaluations,
+        network_calls: NetworkCalls {
+            forward_calls: net.forward_calls,
+            forward_images: net.forward_images,
+            vjp_calls: net.vjp_calls,
+            vjp_images: net.vjp_images,
+        },
+        overhead_ratio: if network > 0.0 {
+            (total - network) / network
+        } else {
+            f64::INFINITY
+        },
+        peak_rss_bytes: peak_rss,
+    })
+}
+
+fn pct(part: f64, total: f64) -> f64 {
+    if total > 0.0 {
+        100.0 * part / total
+    } else {
+        0.0
+    }
+}
+
+/// The human-readable report.
+pub fn render(r: &BenchReport) -> String {
+    let s = &r.seconds;
+    let mut o = String::new();
+    o += &format!(
+        "bench {}: {} images ({} restored, {} failed), {} {} NFE/image, batch {}, {} threads\n",
+        r.spec, r.images, r.restored, r.failed, r.sampler, r.nfe_per_image, r.batch_size, r.threads
+    );
+    o += &format!(
+        "engine   {} ({}){}\n",
+        r.engine,
+        r.provider,
+        if r.analytic {
+            " [analytic Gaussian oracle]"
+        } else {
+            ""
+        }
+    );
+    for (name, v) in [
+        ("network forward", s.network_forward),
+        ("network vjp", s.network_vjp),
+        ("sampler + operators", s.sampler),
+        ("i/o (decode/encode)", s.io),
+        ("idle", s.idle),
+    ] {
+        o += &format!("  {name:<20} {v:>10.4} s  {:>6.2} %\n", pct(v, s.total));
+    }
+    o += &format!("  {:<20} {:>10.4} s\n", "total", s.total);
+    o += &format!("  {:<20} {:>10.4} s (not in total)\n", "setup", s.setup);
+    o += &format!(
+        "images/s {:.2}   NFE {} ({} network evaluations)   overhead {:.2} % of network time\n",
+        r.images_per_second,
+        r.nfe,
+        r.network_evaluations,
+        100.0 * r.overhead_ratio
+    );
+    o += &format!(
+        "peak RSS {}\n",
+        r.peak_rss_bytes
+            .map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
+            .unwrap_or_else(|| "unavailable".into())
+    );
+    o
+}
+
+/// `conjure bench`: exit status 0, or 1 when some image failed.
+pub fn bench(args: &BenchArgs) -> anyhow::Result<i32> {
+    let r = run_bench(args)?;
+    let json = serde_json::to_string_pretty(&r)?;
+    match args.json.as_deref() {
+        Some(p) if p == Path::new("-") => println!("{json}"),
+        Some(p) => {
+            std::fs::write(p, json + "\n")
+                .with_context(|| format!("cannot write {}", p.display()))?;
+            print!("{}", render(&r));
+        }
+        None => print!("{}", render(&r)),
+    }
+    Ok(if r.failed > 0 {
+        super::EXIT_FAILED_INPUTS
+    } else {
+        super::EXIT_OK
+    })
+}
