@@ -169,11 +169,16 @@ fn make_inputs(dir: &Path) -> Vec<PathBuf> {
     rels
 }
 
-/// Every file under `dir` (relative path → bytes), manifest excluded.
+/// Every file under `dir` (relative path → bytes), manifests (one per shard) excluded.
 fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut v: Vec<_> = walk(dir)
         .into_iter()
-        .filter(|p| p.file_name().unwrap() != "conjure-manifest.jsonl")
+        .filter(|p| {
+            !p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("conjure-manifest")
+        })
         .map(|p| {
             (
                 p.strip_prefix(dir).unwrap().to_path_buf(),
