@@ -88,7 +88,6 @@ fn ensure_slurm() -> Result<(), String> {
                 "install",
                 "-y",
                 "-q",
-                "--no-install-recommends",
                 "slurmctld",
                 "slurmd",
                 "slurm-client",
