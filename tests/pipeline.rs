@@ -169,11 +169,16 @@ fn make_inputs(dir: &Path) -> Vec<PathBuf> {
     rels
 }
 
-/// Every file under `dir` (relative path → bytes), manifest excluded.
+/// Every file under `dir` (relative path → bytes), manifests (one per shard) excluded.
 fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut v: Vec<_> = walk(dir)
         .into_iter()
-        .filter(|p| p.file_name().unwrap() != "conjure-manifest.jsonl")
+        .filter(|p| {
+            !p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("conjure-manifest")
+        })
         .map(|p| {
             (
                 p.strip_prefix(dir).unwrap().to_path_buf(),
@@ -408,6 +413,13 @@ fn shards_partition_the_inputs() {
     }
     assert_eq!(n, 20);
     assert_eq!(files(&out), files(&full));
+    // One manifest per shard, none shared.
+    for index in 0..3usize {
+        let m = out.join(format!("conjure-manifest.shard-{index}-of-3.jsonl"));
+        let lines = std::fs::read_to_string(&m).unwrap().lines().count();
+        assert_eq!(lines, (20 - index).div_ceil(3), "{}", m.display());
+    }
+    assert!(!out.join("conjure-manifest.jsonl").exists());
 }
 
 #[test]
@@ -438,6 +450,33 @@ fn shard_parsing_and_environment() {
         Some(Shard { index: 3, count: 8 })
     );
     assert_eq!(Shard::from_env(env(&[])).unwrap(), None);
+    // `--array=4-16:4`: tasks 4, 8, 12, 16 are shards 0..4.
+    let stepped = env(&[
+        ("SLURM_ARRAY_TASK_ID", "12"),
+        ("SLURM_ARRAY_TASK_MIN", "4"),
+        ("SLURM_ARRAY_TASK_STEP", "4"),
+        ("SLURM_ARRAY_TASK_COUNT", "4"),
+    ]);
+    assert_eq!(
+        Shard::from_env(stepped).unwrap(),
+        Some(Shard { index: 2, count: 4 })
+    );
+    assert!(Shard::parse("0/0").is_err());
+    // One variable of a pair without the other is an error naming the missing one.
+    for (set, missing) in [
+        ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"),
+        ("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_ID"),
+        ("JOB_COMPLETION_INDEX", "CONJURE_SHARD_COUNT"),
+        ("CONJURE_SHARD_COUNT", "JOB_COMPLETION_INDEX"),
+    ] {
+        let e = Shard::from_env(|k: &str| (k == set).then(|| "1".to_string())).unwrap_err();
+        assert!(e.to_string().contains(missing), "{set}: {e}");
+    }
+    assert!(Shard::from_env(env(&[
+        ("JOB_COMPLETION_INDEX", "0"),
+        ("CONJURE_SHARD_COUNT", "0")
+    ]))
+    .is_err());
     assert!(Shard::from_env(env(&[
         ("JOB_COMPLETION_INDEX", "8"),
         ("CONJURE_SHARD_COUNT", "8")

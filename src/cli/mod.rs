@@ -14,6 +14,7 @@ use conjure::spec::{Override, PipelineSpec};
 mod bench;
 mod eval;
 mod inspect;
+mod manifest;
 
 /// Exit status: every input restored or skipped.
 pub const EXIT_OK: i32 = 0;
@@ -58,7 +59,8 @@ enum Command {
         /// No progress output (warnings and failures only).
         #[arg(long, short)]
         quiet: bool,
-        /// Manifest file (default <output>/conjure-manifest.jsonl).
+        /// Manifest file (default <output>/conjure-manifest.jsonl, or
+        /// <output>/conjure-manifest.shard-I-of-N.jsonl for a shard).
         #[arg(long)]
         manifest: Option<PathBuf>,
     },
@@ -92,6 +94,18 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Run manifests.
+    Manifest {
+        #[command(subcommand)]
+        command: ManifestCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ManifestCommand {
+    /// One audit of a whole (sharded) job: read every shard's manifest, list failures and the inputs no
+    /// shard recorded; exit 0 only when every input was restored or skipped.
+    Merge(manifest::MergeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -312,6 +326,9 @@ fn dispatch(cmd: Command) -> Result<i32, Failure> {
             code: EXIT_USAGE,
             error: e,
         }),
+        Command::Manifest {
+            command: ManifestCommand::Merge(args),
+        } => manifest::merge(&args),
         Command::Model {
             command: ModelCommand::Inspect { dir },
         } => inspect::inspect(&dir).map_err(|e| Failure {

@@ -127,13 +127,15 @@ impl Shard {
         Ok(Shard { index, count })
     }
 
-    /// The shard of a job array: `SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN` of
-    /// `SLURM_ARRAY_TASK_COUNT`, else `JOB_COMPLETION_INDEX` of `CONJURE_SHARD_COUNT` (Kubernetes Indexed
-    /// Job). `None` when neither is set.
+    /// The shard of a job array: `(SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP`
+    /// of `SLURM_ARRAY_TASK_COUNT` (the step is 1 unless the array was given as `MIN-MAX:STEP`), else
+    /// `JOB_COMPLETION_INDEX` of `CONJURE_SHARD_COUNT` (Kubernetes Indexed Job). `None` when neither is
+    /// set; an error when only one variable of a pair is set or the index is not below the count.
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>> {
         let num = |k: &str| -> Result<Option<usize>> {
             match var(k) {
                 None => Ok(None),
+                Some(v) if v.trim().is_empty() => Ok(None),
                 Some(v) => v
                     .trim()
                     .parse()
@@ -146,31 +148,65 @@ impl Shard {
                 Err(Error::invalid(
                     what,
                     format!("{index}/{count}"),
-                    "an index below the task count",
+                    "an index below the task count (and a count of at least 1)",
                 ))
             } else {
                 Ok(Some(Shard { index, count }))
             }
         };
-        if let (Some(id), Some(count)) =
-            (num("SLURM_ARRAY_TASK_ID")?, num("SLURM_ARRAY_TASK_COUNT")?)
-        {
-            let min = num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
-            let index = id.checked_sub(min).ok_or_else(|| {
-                Error::invalid(
-                    "SLURM_ARRAY_TASK_ID",
-                    id,
-                    format!(">= SLURM_ARRAY_TASK_MIN {min}"),
-                )
-            })?;
-            return make(index, count, "slurm array task");
+        let half = |set: &str, unset: &str| {
+            Err(Error::invalid(
+                set,
+                var(set).unwrap_or_default(),
+                format!("to be set together with {unset}, which is not set"),
+            ))
+        };
+        match (num("SLURM_ARRAY_TASK_ID")?, num("SLURM_ARRAY_TASK_COUNT")?) {
+            (Some(id), Some(count)) => {
+                let min = num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+                let step = num("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
+                let offset = id.checked_sub(min).ok_or_else(|| {
+                    Error::invalid(
+                        "SLURM_ARRAY_TASK_ID",
+                        id,
+                        format!(">= SLURM_ARRAY_TASK_MIN {min}"),
+                    )
+                })?;
+                if offset % step != 0 {
+                    return Err(Error::invalid(
+                        "SLURM_ARRAY_TASK_ID",
+                        id,
+                        format!(
+                            "SLURM_ARRAY_TASK_MIN {min} plus a multiple of SLURM_ARRAY_TASK_STEP {step} \
+                             (use --shard I/N for arrays given as lists)"
+                        ),
+                    ));
+                }
+                return make(offset / step, count, "slurm array task");
+            }
+            (Some(_), None) => return half("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"),
+            (None, Some(_)) => return half("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_ID"),
+            (None, None) => {}
         }
-        if let (Some(index), Some(count)) =
-            (num("JOB_COMPLETION_INDEX")?, num("CONJURE_SHARD_COUNT")?)
-        {
-            return make(index, count, "job completion index");
+        match (num("JOB_COMPLETION_INDEX")?, num("CONJURE_SHARD_COUNT")?) {
+            (Some(index), Some(count)) => make(index, count, "job completion index"),
+            (Some(_), None) => half("JOB_COMPLETION_INDEX", "CONJURE_SHARD_COUNT"),
+            (None, Some(_)) => half("CONJURE_SHARD_COUNT", "JOB_COMPLETION_INDEX"),
+            (None, None) => Ok(None),
         }
-        Ok(None)
+    }
+}
+
+/// The manifest a run writes when no `--manifest` is given: `<output>/conjure-manifest.jsonl`, or for a
+/// shard `<output>/conjure-manifest.shard-I-of-N.jsonl`, so shards sharing an output folder never write
+/// one file (`conjure manifest merge` reads them all back as one audit).
+pub fn default_manifest(output: &Path, shard: Option<Shard>) -> PathBuf {
+    match shard {
+        None => output.join("conjure-manifest.jsonl"),
+        Some(s) => output.join(format!(
+            "conjure-manifest.shard-{}-of-{}.jsonl",
+            s.index, s.count
+        )),
     }
 }
 
@@ -195,7 +231,7 @@ pub struct RunOptions {
     /// Redo outputs that exist.
     pub overwrite: bool,
     pub shard: Option<Shard>,
-    /// Manifest file (default `<output>/conjure-manifest.jsonl`).
+    /// Manifest file (default [`default_manifest`]: `<output>/conjure-manifest.jsonl`, one per shard).
     pub manifest: Option<PathBuf>,
     pub progress: ProgressMode,
 }
@@ -334,7 +370,9 @@ pub struct ManifestRecord {
 }
 
 /// The append-only JSONL manifest. Each record is one `write` of a whole line to a file opened with
-/// `O_APPEND`, so concurrent shards may share one manifest.
+/// `O_APPEND`, under an exclusive advisory lock held for that write only, so even processes that were
+/// given one `--manifest` never interleave lines (by default every shard has its own file, see
+/// [`default_manifest`]).
 struct Manifest {
     file: Mutex<std::fs::File>,
     path: PathBuf,
@@ -362,9 +400,10 @@ impl Manifest {
         let mut line = serde_json::to_string(rec).expect("record serializes");
         line.push('\n');
         let mut f = self.file.lock().expect("manifest lock");
-        f.write_all(line.as_bytes())
-            .and_then(|_| f.flush())
-            .map_err(|e| Error::io(&self.path, e))
+        f.lock().map_err(|e| Error::io(&self.path, e))?;
+        let written = f.write_all(line.as_bytes()).and_then(|_| f.flush());
+        let unlocked = f.unlock();
+        written.and(unlocked).map_err(|e| Error::io(&self.path, e))
     }
 }
 
@@ -880,7 +919,7 @@ fn run_inner(spec: &PipelineSpec, opts: &RunOptions, engine: &Engine) -> Result<
     let manifest_path = opts
         .manifest
         .clone()
-        .unwrap_or_else(|| output.join("conjure-manifest.jsonl"));
+        .unwrap_or_else(|| default_manifest(&output, opts.shard));
     let manifest = Manifest::open(&manifest_path)?;
     let init_noise = spec
         .sampler
