@@ -8,16 +8,20 @@
 //! separable operator takes seconds (two dense SVDs and a QR of 1024×1024 matrices).
 //!
 //! The machine this runs on is often small and shared, so the measurement settings are minimal (10
-//! samples, short warm-up). Select sizes with `CONJURE_BENCH_SIZES` (default `32,256,1024`) and
+//! samples, short warm-up) and times are the benchmarking thread's CPU time (`common::CpuTime`;
+//! `CONJURE_BENCH_CLOCK=wall` for wall time; the 1024² build times printed to stderr are wall time). Select sizes with `CONJURE_BENCH_SIZES` (default `32,256,1024`) and
 //! benchmarks with criterion's filter, e.g.
 //!
 //! ```text
 //! CONJURE_BENCH_SIZES=256 cargo bench --bench operators -- 'ops/sr-bicubic'
 //! ```
 
+mod common;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use common::CpuTime;
 use conjure::operators::{Degradation, Img, OperatorRef, DEFAULT_SVD_THRESHOLD};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ndarray::{Array2, Array3};
@@ -87,14 +91,7 @@ fn degradations(n: usize) -> Vec<(&'static str, Degradation)> {
     ]
 }
 
-fn configure() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1))
-}
-
-fn bench_build(c: &mut Criterion) {
+fn bench_build(c: &mut Criterion<CpuTime>) {
     let mut g = c.benchmark_group("op_build");
     for n in sizes().into_iter().filter(|&n| n <= 256) {
         for (name, d) in degradations(n) {
@@ -108,7 +105,7 @@ fn bench_build(c: &mut Criterion) {
 }
 
 /// Build once (timed to stderr) and bench every map.
-fn bench_maps(c: &mut Criterion) {
+fn bench_maps(c: &mut Criterion<CpuTime>) {
     for n in sizes() {
         for (name, d) in degradations(n) {
             let shape = [3, n, n];
@@ -145,7 +142,7 @@ fn bench_maps(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = configure();
+    config = common::criterion();
     targets = bench_build, bench_maps
 }
 criterion_main!(benches);

@@ -9,13 +9,16 @@
 //! dense 1-D factors: the projector P dominates). Two shapes: 3×32² with a batch of 16 and 3×256² with
 //! a batch of 1.
 //!
-//! Minimal measurement settings for small shared machines. Filter with criterion's regex, e.g.
-//! `cargo bench --bench samplers -- 'step/c-pigdm/'`.
+//! Times are the benchmarking thread's CPU time (`common::CpuTime`; `CONJURE_BENCH_CLOCK=wall` for wall
+//! time), with minimal measurement settings for small shared machines. Filter with criterion's regex, e.g.
+//! `cargo bench --bench samplers -- 'step/inpaint/.*/c-pigdm/'`.
+
+mod common;
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
 
+use common::CpuTime;
 use conjure::model::analytic::{
     GaussianDiffusion, GaussianFlow, GaussianPrior, IdentityBasis, NoiseLevel,
 };
@@ -81,7 +84,7 @@ fn prior(shape: [usize; 3]) -> GaussianPrior {
     .expect("prior")
 }
 
-fn step_benches(c: &mut Criterion) {
+fn step_benches(c: &mut Criterion<CpuTime>) {
     for (n, batch) in [(32usize, 16usize), (256, 1)] {
         let shape = [3, n, n];
         let eps_oracle = GaussianDiffusion::new(
@@ -178,7 +181,7 @@ fn step_benches(c: &mut Criterion) {
                             |mut problems| {
                                 black_box(sampler.sample(&net, &mut problems).expect("sample"))
                             },
-                            BatchSize::LargeInput,
+                            BatchSize::SmallInput,
                         )
                     });
                 }
@@ -190,7 +193,7 @@ fn step_benches(c: &mut Criterion) {
 
 /// Φ coefficient setup: the conjugate samplers' constructors (all ΔΦ by adaptive quadrature), and the
 /// continuous ΠGDM one (one Φ per step).
-fn setup_benches(c: &mut Criterion) {
+fn setup_benches(c: &mut Criterion<CpuTime>) {
     let mut g = c.benchmark_group("phi_setup");
     let diffusion = ModelSchedule::ddpm_linear_default();
     let cases: [(&str, SamplerName, Option<&str>, usize, &ModelSchedule); 6] = [
@@ -236,16 +239,9 @@ fn setup_benches(c: &mut Criterion) {
     g.finish();
 }
 
-fn configure() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1))
-}
-
 criterion_group! {
     name = benches;
-    config = configure();
+    config = common::criterion();
     targets = setup_benches, step_benches
 }
 criterion_main!(benches);
