@@ -1,8 +1,8 @@
 //! Shared bench settings: a criterion [`Measurement`] of the benchmarking thread's **CPU time**, so that
 //! numbers taken on a small machine shared with other jobs measure the code, not the queue for a core.
 //!
-//! On Linux it reads the thread's on-CPU nanoseconds from `/proc/thread-self/schedstat` (the scheduler's
-//! own accounting, ns resolution); elsewhere, or with `CONJURE_BENCH_CLOCK=wall`, it is wall time. All
+//! On 64-bit Linux it reads the thread's CPU clock (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`, ns
+//! resolution); elsewhere, or with `CONJURE_BENCH_CLOCK=wall`, it is wall time. All
 //! benched code is single-threaded, so on an idle machine the two agree; under load the CPU time still
 //! includes cache and memory-bandwidth interference from other jobs, so compare numbers taken close
 //! together (or, better, `--save-baseline` / `--baseline` in one sitting).
@@ -26,10 +26,31 @@ impl CpuTime {
     }
 }
 
-/// On-CPU time of the calling thread in ns (first field of `/proc/thread-self/schedstat`).
+/// CPU time of the calling thread in ns, from `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` (exact at the
+/// moment of the call, unlike `/proc/thread-self/schedstat`, which lags by up to a scheduler tick).
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
 fn thread_cpu_ns() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    s.split_whitespace().next()?.parse().ok()
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: i64,
+        tv_nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    let mut ts = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec with the C layout of 64-bit Linux.
+    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+#[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+fn thread_cpu_ns() -> Option<u64> {
+    None
 }
 
 impl Measurement for CpuTime {
