@@ -122,8 +122,32 @@ impl ValueFormatter for NsFormatter {
     }
 }
 
-/// Minimal settings for small shared machines: 10 samples, short warm-up and measurement.
+/// Pin glibc's malloc thresholds (mmap above 32 MiB only, trim above 512 MiB), so that image-sized
+/// buffers are recycled from the heap instead of being mmapped, page-faulted and unmapped on every
+/// allocation. glibc adapts these thresholds by itself after the first large `free`, but how far depends
+/// on what ran before: without pinning, the same sampler bench measured 2× apart in a full run and in
+/// isolation (page faults are kernel CPU time of the thread). A long-running pipeline sees the adapted
+/// state, which this reproduces. No-op outside glibc.
+fn pin_malloc_thresholds() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: mallopt only changes allocator tuning parameters; called before any benchmark runs.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20);
+            mallopt(M_TRIM_THRESHOLD, 512 << 20);
+        }
+    }
+}
+
+/// Minimal settings for small shared machines: 10 samples, short warm-up and measurement; malloc
+/// thresholds pinned ([`pin_malloc_thresholds`]).
 pub fn criterion() -> Criterion<CpuTime> {
+    pin_malloc_thresholds();
     Criterion::default()
         .with_measurement(CpuTime::new())
         .sample_size(10)
