@@ -11,7 +11,7 @@
 //! (C₀₀ = f·mean), every other coordinate 0. U is the identity between y pixel (bi, bj) and that
 //! DC coordinate. (The official code orders coordinates differently, §2.3; that is only a storage order.)
 
-use ndarray::{ArrayView3, ArrayViewMut3, Zip};
+use ndarray::s;
 
 use super::{check_shape, validate_x_shape, Img, LinearOperator};
 use crate::error::{Error, Result};
@@ -23,6 +23,8 @@ pub struct SrAverage {
     f: usize,
     /// Orthonormal DCT-II matrix, row-major f×f: dct[k·f + p] = α_k cos(π(2p + 1)k / 2f).
     dct: Vec<f64>,
+    /// Its transpose, dct_t[p·f + k] = dct[k·f + p].
+    dct_t: Vec<f64>,
     singulars: Img,
 }
 
@@ -69,10 +71,12 @@ impl SrAverage {
                 }
             }
         }
+        let dct_t = (0..f * f).map(|i| dct[(i % f) * f + i / f]).collect();
         Ok(SrAverage {
             x_shape,
             f,
             dct,
+            dct_t,
             singulars,
         })
     }
@@ -82,69 +86,92 @@ impl SrAverage {
         self.f
     }
 
-    fn chunk(&self) -> (usize, usize, usize) {
-        (1, self.f, self.f)
-    }
-
-    /// out = L · blk · R per f×f block, with L[a][b] = dct[a·f+b] or its transpose (`transpose`).
-    /// Vᵀ: C = D B Dᵀ (transpose = false); V: B = Dᵀ C D (transpose = true).
+    /// out = L · blk · Lᵀ per f×f block, with L = D (`transpose` = false: Vᵀ, C = D B Dᵀ) or L = Dᵀ
+    /// (`transpose` = true: V, B = Dᵀ C D).
+    ///
+    /// Works on strips of f consecutive rows (contiguous in the standard layout; H is a multiple of f,
+    /// so a strip never crosses a channel): T = L · S over the whole strip as f row-axpys, then each
+    /// f×f block of T times Lᵀ. One output allocation and one f×W scratch strip per call.
     fn block_transform(&self, x: &Img, transpose: bool) -> Img {
         let f = self.f;
-        let d = |a: usize, b: usize| {
-            if transpose {
-                self.dct[b * f + a]
-            } else {
-                self.dct[a * f + b]
+        let l: &[f64] = if transpose { &self.dct_t } else { &self.dct };
+        let [c, h, w] = self.x_shape;
+        let x = x.as_standard_layout();
+        let xs = x.as_slice().expect("standard layout");
+        let mut out = vec![0.0; c * h * w];
+        let mut t = vec![0.0; f * w];
+        for (s, o) in xs.chunks_exact(f * w).zip(out.chunks_exact_mut(f * w)) {
+            // T = L · S: T[a, :] = Σ_p L[a, p] S[p, :].
+            t.fill(0.0);
+            for (a, trow) in t.chunks_exact_mut(w).enumerate() {
+                for (p, srow) in s.chunks_exact(w).enumerate() {
+                    let coef = l[a * f + p];
+                    trow.iter_mut()
+                        .zip(srow)
+                        .for_each(|(tv, &sv)| *tv += coef * sv);
+                }
             }
-        };
-        let mut out = Img::zeros(x.raw_dim());
-        let mut tmp = vec![0.0; f * f];
-        Zip::from(out.exact_chunks_mut(self.chunk()))
-            .and(x.exact_chunks(self.chunk()))
-            .for_each(|mut o: ArrayViewMut3<f64>, b: ArrayView3<f64>| {
-                // tmp = L · B
-                for a in 0..f {
-                    for q in 0..f {
+            // O[a, bj·f + e] = Σ_q T[a, bj·f + q] L[e, q].
+            for (trow, orow) in t.chunks_exact(w).zip(o.chunks_exact_mut(w)) {
+                for (tb, ob) in trow.chunks_exact(f).zip(orow.chunks_exact_mut(f)) {
+                    for (e, ov) in ob.iter_mut().enumerate() {
+                        let lrow = &l[e * f..(e + 1) * f];
                         let mut acc = 0.0;
-                        for p in 0..f {
-                            acc += d(a, p) * b[[0, p, q]];
+                        for (&tv, &lv) in tb.iter().zip(lrow) {
+                            acc += tv * lv;
                         }
-                        tmp[a * f + q] = acc;
+                        *ov = acc;
                     }
                 }
-                // o = tmp · Lᵀ
-                for a in 0..f {
-                    for e in 0..f {
-                        let mut acc = 0.0;
-                        for q in 0..f {
-                            acc += tmp[a * f + q] * d(e, q);
-                        }
-                        o[[0, a, e]] = acc;
-                    }
+            }
+        }
+        Img::from_shape_vec((c, h, w), out).expect("shape")
+    }
+
+    /// Block sums: y[c, bi, bj] = Σ over block (bi, bj) of channel c, summed row by row over contiguous
+    /// strips (no per-block views).
+    fn block_sums(&self, x: &Img) -> Img {
+        let f = self.f;
+        let [c, h, w] = self.x_shape;
+        let wy = w / f;
+        let x = x.as_standard_layout();
+        let xs = x.as_slice().expect("standard layout");
+        let mut y = vec![0.0; c * (h / f) * wy];
+        for (s, yrow) in xs.chunks_exact(f * w).zip(y.chunks_exact_mut(wy)) {
+            for srow in s.chunks_exact(w) {
+                for (yv, blk) in yrow.iter_mut().zip(srow.chunks_exact(f)) {
+                    *yv += blk.iter().sum::<f64>();
                 }
-            });
-        out
+            }
+        }
+        Img::from_shape_vec((c, h / f, wy), y).expect("shape")
     }
 
     /// y = g(block sum) per block.
     fn reduce(&self, x: &Img, g: impl Fn(f64) -> f64) -> Img {
-        let [c, h, w] = self.x_shape;
-        let mut y = Img::zeros((c, h / self.f, w / self.f));
-        Zip::from(&mut y)
-            .and(x.exact_chunks(self.chunk()))
-            .for_each(|y, b| *y = g(b.sum()));
+        let mut y = self.block_sums(x);
+        y.mapv_inplace(g);
         y
     }
 
-    /// x = g(y) replicated over each block.
+    /// x = g(y) replicated over each block (rows of the block written from one expanded row).
     fn replicate(&self, y: &Img, g: impl Fn(f64) -> f64) -> Img {
+        let f = self.f;
         let [c, h, w] = self.x_shape;
-        let mut x = Img::zeros((c, h, w));
-        let chunk = self.chunk();
-        Zip::from(x.exact_chunks_mut(chunk))
-            .and(y)
-            .for_each(|mut b, &v| b.fill(g(v)));
-        x
+        let wy = w / f;
+        let y = y.as_standard_layout();
+        let ys = y.as_slice().expect("standard layout");
+        let mut x = vec![0.0; c * h * w];
+        for (s, yrow) in x.chunks_exact_mut(f * w).zip(ys.chunks_exact(wy)) {
+            let (first, rest) = s.split_at_mut(w);
+            for (blk, &v) in first.chunks_exact_mut(f).zip(yrow) {
+                blk.fill(g(v));
+            }
+            for row in rest.chunks_exact_mut(w) {
+                row.copy_from_slice(first);
+            }
+        }
+        Img::from_shape_vec((c, h, w), x).expect("shape")
     }
 
     fn y_dims(&self) -> [usize; 3] {
@@ -173,19 +200,15 @@ impl LinearOperator for SrAverage {
     }
     fn ut(&self, y: &Img) -> Img {
         check_shape("sr-average ut", y, self.y_dims());
+        let f = self.f as isize;
         let mut c = Img::zeros(self.singulars.raw_dim());
-        Zip::from(c.exact_chunks_mut(self.chunk()))
-            .and(y)
-            .for_each(|mut b, &v| b[[0, 0, 0]] = v);
+        c.slice_mut(s![.., ..;f, ..;f]).assign(y);
         c
     }
     fn u(&self, c: &Img) -> Img {
         check_shape("sr-average u", c, self.x_shape);
-        let mut y = Img::zeros(self.y_dims());
-        Zip::from(&mut y)
-            .and(c.exact_chunks(self.chunk()))
-            .for_each(|y, b| *y = b[[0, 0, 0]]);
-        y
+        let f = self.f as isize;
+        c.slice(s![.., ..;f, ..;f]).to_owned()
     }
     fn singulars(&self) -> &Img {
         &self.singulars
@@ -212,18 +235,10 @@ impl LinearOperator for SrAverage {
     fn project(&self, x: &Img) -> Img {
         check_shape("sr-average project", x, self.x_shape);
         let n = (self.f * self.f) as f64;
-        let mut out = Img::zeros(x.raw_dim());
-        Zip::from(out.exact_chunks_mut(self.chunk()))
-            .and(x.exact_chunks(self.chunk()))
-            .for_each(|mut o, b| o.fill(b.sum() / n));
-        out
+        self.replicate(&self.block_sums(x), |s| s / n)
     }
     fn pinv_gram(&self, x: &Img) -> Img {
         check_shape("sr-average pinv_gram", x, self.x_shape);
-        let mut out = Img::zeros(x.raw_dim());
-        Zip::from(out.exact_chunks_mut(self.chunk()))
-            .and(x.exact_chunks(self.chunk()))
-            .for_each(|mut o, b| o.fill(b.sum()));
-        out
+        self.replicate(&self.block_sums(x), |s| s)
     }
 }

@@ -37,6 +37,8 @@
 //! **Output** is x at t_end (default 0.001, residual noise std ≈ 0.0105), with no final denoising step.
 //! Everything per sample (x, x̄, H†y, σ_y) stays per sample; the only batch-wide call is the network's.
 
+use ndarray::Zip;
+
 use super::{check_range, quad, ModelSchedule, Problem, Sampler, SamplerConfig};
 use crate::error::{Error, Result};
 use crate::model::Network;
@@ -362,7 +364,6 @@ struct State {
     qhy: Option<Img>,
     /// σ_y the transform uses.
     sy: f64,
-    x: Img,
     xbar: Img,
 }
 
@@ -384,7 +385,9 @@ impl Sampler for CPigdm {
         let tau = self.t[0];
         let (mu0, sigma0) = (vp.mu(tau), vp.sigma(tau));
         // Initialization (§4.4 steps 3–4; §5 for the noisy start).
-        let mut st: Vec<State> = problems
+        // The states x_k are kept apart from the rest of the per-sample state so that the network reads
+        // them in place (no per-step copy of the batch).
+        let (mut st, mut xs): (Vec<State>, Vec<Img>) = problems
             .iter_mut()
             .map(|p| {
                 let op = p.op.clone();
@@ -405,50 +408,51 @@ impl Sampler for CPigdm {
                     x0
                 };
                 let qhy = noisy.then(|| op.pinv_gram(&hy));
-                State {
-                    hy,
-                    qhy,
-                    sy,
-                    x,
-                    xbar,
-                }
+                (State { hy, qhy, sy, xbar }, x)
             })
-            .collect();
+            .unzip();
 
         for (k, c) in self.coef.iter().enumerate() {
             let t = self.t[k];
             let (mu, sigma) = (vp.mu(t), vp.sigma(t));
             let t_net = net.time.diffusion_continuous(t);
-            let xs: Vec<Img> = st.iter().map(|s| s.x.clone()).collect();
             // ε̂, then m = H†y − P x̂₀ with x̂₀ = (x − σ ε̂)/μ, then g = J_εᵀ m.
             let (eps, _m, g) = eps_then_vjp(net, &xs, t_net, mu, sigma, |i, e| {
-                let x0_hat = (&xs[i] - &(e * sigma)) / mu;
-                &st[i].hy - &problems[i].op.project(&x0_hat)
+                let x0_hat = Zip::from(&xs[i])
+                    .and(e)
+                    .map_collect(|&x, &e| (x - e * sigma) / mu);
+                let mut m = problems[i].op.project(&x0_hat);
+                m.zip_mut_with(&st[i].hy, |pm, &hy| *pm = hy - *pm);
+                m
             })?;
-            for (i, ((s, e), g)) in st.iter_mut().zip(&eps).zip(&g).enumerate() {
+            for (i, ((s, e), g)) in st.iter_mut().zip(eps).zip(&g).enumerate() {
                 let op = problems[i].op.as_ref();
-                // x̄ ← x̄ − λΔs x̄ + ΔΦ_y H†y + ΔΦ_s¹ ε̂ + ΔΦ_s² Pε̂ + ΔΦ_j¹ g + ΔΦ_j² Pg
-                let mut xbar = &s.xbar * (1.0 - self.lambda * c.ds);
+                // x̄ ← x̄ − λΔs x̄ + ΔΦ_y H†y + ΔΦ_s¹ ε̂ + ΔΦ_s² Pε̂ + ΔΦ_j¹ g + ΔΦ_j² Pg, in place.
+                let xbar = &mut s.xbar;
+                *xbar *= 1.0 - self.lambda * c.ds;
                 xbar.scaled_add(c.phi_y, &s.hy);
-                xbar.scaled_add(c.phi_s1, e);
+                xbar.scaled_add(c.phi_s1, &e);
                 xbar.scaled_add(c.phi_j1, g);
-                let mut range = e * c.phi_s2;
+                // Noisy: Q's input ΔΦ_sc ε̂ + ΔΦ_jc g (coefficients scale with σ_y²), formed before ε̂'s
+                // buffer is reused for the range term.
+                let sy2 = s.sy * s.sy;
+                let q_in = (s.qhy.is_some() && sy2 > 0.0).then(|| {
+                    let mut q_in = &e * (c.phi_sc * sy2);
+                    q_in.scaled_add(c.phi_jc * sy2, g);
+                    q_in
+                });
+                let mut range = e;
+                range *= c.phi_s2;
                 range.scaled_add(c.phi_j2, g);
-                xbar += &op.project(&range);
-                // Noisy: + ΔΦ_yc Q H†y + ΔΦ_sc Q ε̂ + ΔΦ_jc Q g (coefficients scale with σ_y²).
-                if let Some(qhy) = &s.qhy {
-                    let sy2 = s.sy * s.sy;
-                    if sy2 > 0.0 {
-                        xbar.scaled_add(c.phi_yc * sy2, qhy);
-                        let mut q_in = e * (c.phi_sc * sy2);
-                        q_in.scaled_add(c.phi_jc * sy2, g);
-                        xbar += &op.pinv_gram(&q_in);
-                    }
+                *xbar += &op.project(&range);
+                // Noisy: + ΔΦ_yc Q H†y + ΔΦ_sc Q ε̂ + ΔΦ_jc Q g.
+                if let (Some(qhy), Some(q_in)) = (&s.qhy, q_in) {
+                    xbar.scaled_add(c.phi_yc * sy2, qhy);
+                    *xbar += &op.pinv_gram(&q_in);
                 }
-                s.x = self.inverse_transform(op, k + 1, s.sy, &xbar);
-                s.xbar = xbar;
+                xs[i] = self.inverse_transform(op, k + 1, s.sy, xbar);
             }
         }
-        Ok(st.into_iter().map(|s| s.x).collect())
+        Ok(xs)
     }
 }

@@ -76,6 +76,8 @@
 //! The network is called at t_i = st + iΔ for i = 0..K−1 only: never at t = 0 (NCSN++ embeds log(999 t)),
 //! and never at t = 1. Cost per step: 1 forward + 1 VJP of v, 3 applications of P, H†y cached.
 
+use ndarray::Zip;
+
 use super::{quad, ModelSchedule, Problem, Sampler, SamplerConfig};
 use crate::error::{Error, Result};
 use crate::model::{ModelKind, Network};
@@ -323,8 +325,14 @@ impl CPigfm {
 
     /// (A_t⁻¹ x̄, P A_t⁻¹ x̄) from x̄ and P x̄: P x = e^{−a} e^{−b} P x̄ saves one P per step.
     fn inverse_with_projection(&self, xbar: &Img, pxbar: &Img, t: f64) -> (Img, Img) {
-        let (ea, eb) = ((-self.a(t)).exp(), (-self.b(t)).exp());
-        let x = (xbar + &(pxbar * (-self.b(t)).exp_m1())) * ea;
+        let (ea, eb, ebm1) = (
+            (-self.a(t)).exp(),
+            (-self.b(t)).exp(),
+            (-self.b(t)).exp_m1(),
+        );
+        let x = Zip::from(xbar)
+            .and(pxbar)
+            .map_collect(|&xb, &pxb| (xb + pxb * ebm1) * ea);
         let px = pxbar * (ea * eb);
         (x, px)
     }
@@ -425,7 +433,12 @@ impl Sampler for CPigfm {
             let ms: Vec<Img> = hy
                 .iter()
                 .zip(pxs.iter().zip(&pvs))
-                .map(|(hy, (px, pv))| hy - px - &(pv * (1.0 - t)))
+                .map(|(hy, (px, pv))| {
+                    Zip::from(hy)
+                        .and(px)
+                        .and(pv)
+                        .map_collect(|&hy, &px, &pv| hy - px - pv * (1.0 - t))
+                })
                 .collect();
 
             // 5. g = J_vᵀ m (the VJP of v, not of x̂₁).
@@ -438,16 +451,35 @@ impl Sampler for CPigfm {
                 .zip(vs.iter().zip(&pvs))
                 .zip(gs.iter().zip(&hy))
             {
-                let jac = match jacobian_term {
-                    JacobianTerm::Derived => g * c.d_k1 + &(p.op.project(g) * c.d_k2),
-                    JacobianTerm::Official => g * (delta * c.d_k1 + delta * c.d_k2),
+                // One fused pass over x̄, v, P v, H†y, g (and P g), no temporaries.
+                let (a_v, a_pv, a_hy) = (c.d_i1, c.d_i2 - c.d_k1 - c.d_k2, c.d_y1 + c.d_y2);
+                let decay = 1.0 + lambda * delta;
+                let update = |xb: &mut f64, v: f64, pv: f64, hy: f64, jac: f64| {
+                    *xb = *xb * decay + (v * a_v + pv * a_pv + hy * a_hy + jac);
                 };
-                let update = v * c.d_i1
-                    + &(pv * (c.d_i2 - c.d_k1 - c.d_k2))
-                    + &(hy * (c.d_y1 + c.d_y2))
-                    + &jac;
-                *xb *= 1.0 + lambda * delta;
-                *xb += &update;
+                match jacobian_term {
+                    JacobianTerm::Derived => {
+                        let pg = p.op.project(g);
+                        Zip::from(xb)
+                            .and(v)
+                            .and(pv)
+                            .and(hy)
+                            .and(g)
+                            .and(&pg)
+                            .for_each(|xb, &v, &pv, &hy, &g, &pg| {
+                                update(xb, v, pv, hy, g * c.d_k1 + pg * c.d_k2)
+                            });
+                    }
+                    JacobianTerm::Official => {
+                        let a_g = delta * c.d_k1 + delta * c.d_k2;
+                        Zip::from(xb)
+                            .and(v)
+                            .and(pv)
+                            .and(hy)
+                            .and(g)
+                            .for_each(|xb, &v, &pv, &hy, &g| update(xb, v, pv, hy, g * a_g));
+                    }
+                }
             }
         }
 

@@ -28,6 +28,8 @@
 //! update, x̂₀ ⊙ (1 − mask) + y ⊙ mask, and g by g ⊙ (1 − mask); for a 0/1 mask those are x̂₀ + m and
 //! (I − P) g, which is how they are written here (so they hold for any operator named `inpaint`).
 
+use ndarray::Zip;
+
 use super::c_pigdm::{check_batch, check_start_end, eps_then_vjp, time_grid};
 use super::ddim::{ddim_coefficients, lambda_ddim_phis};
 use super::{check_range, ModelSchedule, Problem, Sampler, SamplerConfig};
@@ -177,18 +179,29 @@ impl Pigdm {
             let t_net = net.time.diffusion_continuous(tk);
             // ε̂, m = H†y − P x̂₀, J_εᵀ m; then g = J_x̂₀ᵀ m = (m − σ J_εᵀ m)/μ.
             let (eps, ms, ge) = eps_then_vjp(net, &xs, t_net, mu, sigma, |i, e| {
-                let x0_hat = (&xs[i] - &(e * sigma)) / mu;
-                &hys[i] - &problems[i].op.project(&x0_hat)
+                let x0_hat = Zip::from(&xs[i])
+                    .and(e)
+                    .map_collect(|&x, &e| (x - e * sigma) / mu);
+                let mut m = problems[i].op.project(&x0_hat);
+                m.zip_mut_with(&hys[i], |pm, &hy| *pm = hy - *pm);
+                m
             })?;
             let guide = 0.5 * w * vp.beta(tk) * a(tk) * ds;
             let a_next = a(t[k + 1]);
             for (i, xbar) in xbars.iter_mut().enumerate() {
-                let g = (&ms[i] - &(&ge[i] * sigma)) / mu;
-                // x̄ ← x̄ − λΔs x̄ + ΔΦ_k ε̂ + ½ w β(t_k) a(t_k) Δs g
-                *xbar *= 1.0 - lambda * ds;
-                xbar.scaled_add(phi[k], &eps[i]);
-                xbar.scaled_add(guide, &g);
-                xs[i] = &*xbar / a_next;
+                // x̄ ← x̄ − λΔs x̄ + ΔΦ_k ε̂ + ½ w β(t_k) a(t_k) Δs g, g = (m − σ J_εᵀ m)/μ, in place;
+                // x = x̄/a(t_{k+1}) written into the old state's buffer.
+                let decay = 1.0 - lambda * ds;
+                Zip::from(&mut *xbar)
+                    .and(&mut xs[i])
+                    .and(&eps[i])
+                    .and(&ms[i])
+                    .and(&ge[i])
+                    .for_each(|xb, x, &e, &m, &ge| {
+                        let g = (m - ge * sigma) / mu;
+                        *xb = (*xb * decay + phi[k] * e) + guide * g;
+                        *x = *xb / a_next;
+                    });
             }
         }
         Ok(xs)
@@ -219,8 +232,12 @@ impl Pigdm {
             let (c_noise, c_eps) = ddim_coefficients(a_t, a_s, eta);
             let t_net = net.time.diffusion_index(t, n);
             let (eps, ms, ge) = eps_then_vjp(net, &xs, t_net, mu, sigma, |i, e| {
-                let x0_hat = (&xs[i] - &(e * sigma)) / mu;
-                &hys[i] - &problems[i].op.project(&x0_hat)
+                let x0_hat = Zip::from(&xs[i])
+                    .and(e)
+                    .map_collect(|&x, &e| (x - e * sigma) / mu);
+                let mut m = problems[i].op.project(&x0_hat);
+                m.zip_mut_with(&hys[i], |pm, &hy| *pm = hy - *pm);
+                m
             })?;
             for (i, p) in problems.iter_mut().enumerate() {
                 let m = &ms[i];

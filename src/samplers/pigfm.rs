@@ -45,6 +45,8 @@
 //!
 //! Like C-ΠGFM, the guidance is noiseless: a problem's `sigma_y` is not used (a warning is logged).
 
+use ndarray::Zip;
+
 use super::c_pigfm::{check_flow_batch, flow_grid, reject_unused, validate_flow_grid, velocity_jt};
 use super::{ModelSchedule, Problem, Sampler, SamplerConfig};
 use crate::error::{Error, Result};
@@ -171,7 +173,12 @@ impl Sampler for Pigfm {
                 .iter()
                 .zip(xs.iter().zip(&vs))
                 .zip(&hy)
-                .map(|((p, (x, v)), hy)| hy - &p.op.project(&(x + &(v * (1.0 - t)))))
+                .map(|((p, (x, v)), hy)| {
+                    let x1_hat = Zip::from(x).and(v).map_collect(|&x, &v| x + v * (1.0 - t));
+                    let mut m = p.op.project(&x1_hat);
+                    m.zip_mut_with(hy, |pm, &hy| *pm = hy - *pm);
+                    m
+                })
                 .collect();
 
             // g = J_x̂₁ᵀ m = m + (1 − t) J_vᵀ m.
@@ -180,8 +187,14 @@ impl Sampler for Pigfm {
 
             // x ← x + Δ [v + w (t² + (1 − t)²)/(t(1 − t)) g].
             for ((x, v), (m, jv)) in xs.iter_mut().zip(&vs).zip(ms.iter().zip(&jvs)) {
-                let g = m + &(jv * (1.0 - t));
-                *x += &((v + &(g * weight)) * delta);
+                Zip::from(x)
+                    .and(v)
+                    .and(m)
+                    .and(jv)
+                    .for_each(|x, &v, &m, &jv| {
+                        let g = m + jv * (1.0 - t);
+                        *x += (v + g * weight) * delta;
+                    });
             }
         }
         Ok(xs)
