@@ -96,12 +96,46 @@ pub fn decode(path: &Path) -> Result<Picture> {
     decode_bytes(&bytes, format, path)
 }
 
-/// Decode an in-memory image; `path` only names it in errors.
+/// The most pixels (width × height) a decoded image may have: 2²⁷ ≈ 134 million (e.g. 16384 × 8192).
+/// Decoding works in f32/f64 (about 50 bytes per pixel at peak), so this bounds one image's memory to a
+/// few GiB; a file whose header declares more — a decompression bomb, or a damaged header — is refused
+/// before any pixel buffer is allocated.
+pub const MAX_PIXELS: u64 = 1 << 27;
+
+/// Decode an in-memory image; `path` only names it in errors. Images over [`MAX_PIXELS`] are refused
+/// from their header.
 pub fn decode_bytes(bytes: &[u8], format: FileFormat, path: &Path) -> Result<Picture> {
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| image_err(path, e))?;
+    if reader.format().is_none() {
+        return Err(image_err(
+            path,
+            format!(
+                "not a png, tiff or jpeg file (unrecognized content{})",
+                if bytes.is_empty() { ", 0 bytes" } else { "" }
+            ),
+        ));
+    }
+    // Decoder-internal allocations (e.g. a PNG's ancillary chunks) stay under image's limit; the pixel
+    // buffer is bounded by MAX_PIXELS below, checked from the header (`into_decoder` alone does not).
+    reader.limits(image::Limits::default());
     let mut decoder = reader.into_decoder().map_err(|e| image_err(path, e))?;
+    let (dw, dh) = decoder.dimensions();
+    if u64::from(dw) * u64::from(dh) > MAX_PIXELS {
+        return Err(image_err(
+            path,
+            format!(
+                "declared size {dw}x{dh} is over the decoding limit of {MAX_PIXELS} pixels \
+                 (a decompression bomb or a damaged header); not decoded"
+            ),
+        ));
+    }
+    let mut limits = image::Limits::no_limits();
+    limits.max_alloc = Some(MAX_PIXELS * 8);
+    limits
+        .reserve(decoder.total_bytes())
+        .map_err(|e| image_err(path, e))?;
     let icc = decoder.icc_profile().ok().flatten();
     let exif = decoder.exif_metadata().ok().flatten();
     let img = DynamicImage::from_decoder(decoder).map_err(|e| image_err(path, e))?;
@@ -409,20 +443,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 const TEMP_TAG: &str = ".conjure-tmp-";
 
+/// `.<file name>.conjure-tmp-`, byte for byte (file names need not be UTF-8).
+fn temp_prefix(name: &std::ffi::OsStr) -> std::ffi::OsString {
+    let mut p = std::ffi::OsString::from(".");
+    p.push(name);
+    p.push(TEMP_TAG);
+    p
+}
+
 /// The temporary name [`write_atomic`] uses for `path`.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}{TEMP_TAG}{}", std::process::id()))
+    let mut name = temp_prefix(path.file_name().unwrap_or_default());
+    name.push(std::process::id().to_string());
+    path.with_file_name(name)
 }
 
 /// Whether `path` is one of [`write_atomic`]'s temporary files.
 pub fn is_temp_path(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.') && n.contains(TEMP_TAG))
+    path.file_name().is_some_and(|n| {
+        let b = n.as_encoded_bytes();
+        b.starts_with(b".") && b.windows(TEMP_TAG.len()).any(|w| w == TEMP_TAG.as_bytes())
+    })
 }
 
 /// Remove temporary files left for `path` by an interrupted run (any process id). Only this output's own
@@ -431,10 +472,11 @@ pub fn remove_stale_temps(path: &Path) -> Result<usize> {
     let Some(dir) = path.parent() else {
         return Ok(0);
     };
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+    let Some(name) = path.file_name() else {
         return Ok(0);
     };
-    let prefix = format!(".{name}{TEMP_TAG}");
+    let prefix = temp_prefix(name);
+    let prefix = prefix.as_encoded_bytes();
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -442,11 +484,7 @@ pub fn remove_stale_temps(path: &Path) -> Result<usize> {
     };
     let mut n = 0;
     for entry in rd.flatten() {
-        if entry
-            .file_name()
-            .to_str()
-            .is_some_and(|f| f.starts_with(&prefix))
-        {
+        if entry.file_name().as_encoded_bytes().starts_with(prefix) {
             let p = entry.path();
             std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
             n += 1;

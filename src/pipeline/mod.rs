@@ -276,8 +276,26 @@ pub struct InputItem {
 
 /// The image files under `input` (or `input` itself), sorted by relative path. Hidden files and
 /// conjure's temporaries are skipped, and so is `exclude` (the output folder when it lies inside the
-/// input).
+/// input). The first problem met in the tree (see [`discover_all`]) is an error.
 pub fn discover(input: &Path, exclude: Option<&Path>) -> Result<Vec<InputItem>> {
+    let (items, mut problems) = discover_all(input, exclude)?;
+    match problems.is_empty() {
+        true => Ok(items),
+        false => Err(problems.swap_remove(0).1),
+    }
+}
+
+/// A part of the input tree that could not be read: the path and why.
+pub type InputProblem = (PathBuf, Error);
+
+/// Like [`discover`], but problems inside the tree do not stop the walk: symbolic-link loops, folders
+/// that cannot be read, and image-named entries that cannot be examined (e.g. a dangling symbolic link
+/// `x.png`) are returned beside the items, sorted by path. Dangling links with other names are ignored,
+/// as non-image files are. An unreadable `input` itself is still an error.
+pub fn discover_all(
+    input: &Path,
+    exclude: Option<&Path>,
+) -> Result<(Vec<InputItem>, Vec<InputProblem>)> {
     let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
     if meta.is_file() {
         let name = input
@@ -291,14 +309,18 @@ pub fn discover(input: &Path, exclude: Option<&Path>) -> Result<Vec<InputItem>> 
                 "an image file (png, tif, tiff, jpg, jpeg) or a directory",
             ));
         }
-        return Ok(vec![InputItem {
-            path: input.to_path_buf(),
-            rel: name,
-            index: 0,
-        }]);
+        return Ok((
+            vec![InputItem {
+                path: input.to_path_buf(),
+                rel: name,
+                index: 0,
+            }],
+            Vec::new(),
+        ));
     }
     let exclude = exclude.and_then(|e| e.canonicalize().ok());
     let mut items = Vec::new();
+    let mut problems: Vec<InputProblem> = Vec::new();
     let walker = walkdir::WalkDir::new(input)
         .follow_links(true)
         .sort_by_file_name()
@@ -312,10 +334,39 @@ pub fn discover(input: &Path, exclude: Option<&Path>) -> Result<Vec<InputItem>> 
             !hidden && !excluded
         });
     for entry in walker {
-        let entry = entry.map_err(|e| {
-            let p = e.path().unwrap_or(input).to_path_buf();
-            Error::io(p, e.into())
-        })?;
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                let p = e.path().unwrap_or(input).to_path_buf();
+                let message = if let Some(a) = e.loop_ancestor() {
+                    format!(
+                        "symbolic link loop: {} points to its ancestor {}; not followed",
+                        p.display(),
+                        a.display()
+                    )
+                } else {
+                    let dir = p.is_dir();
+                    if !dir && !imageio::is_image_path(&p) {
+                        continue;
+                    }
+                    let what = if dir {
+                        "cannot read folder"
+                    } else if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_symlink()) {
+                        "broken symbolic link"
+                    } else {
+                        "cannot read"
+                    };
+                    let cause = e
+                        .io_error()
+                        .map(|io| io.to_string())
+                        .unwrap_or_else(|| e.to_string());
+                    format!("{what}: {cause}")
+                };
+                let err = Error::io(&p, std::io::Error::other(message));
+                problems.push((p, err));
+                continue;
+            }
+        };
         if !entry.file_type().is_file() || !imageio::is_image_path(entry.path()) {
             continue;
         }
@@ -334,7 +385,8 @@ pub fn discover(input: &Path, exclude: Option<&Path>) -> Result<Vec<InputItem>> 
     for (i, it) in items.iter_mut().enumerate() {
         it.index = i;
     }
-    Ok(items)
+    problems.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((items, problems))
 }
 
 /// The output path of an input: the same relative path under `output`, with the extension of the output
@@ -348,6 +400,48 @@ pub fn output_path(output: &Path, rel: &Path, format: OutputFormat) -> PathBuf {
         OutputFormat::Jpeg => p.with_extension("jpg"),
         OutputFormat::Npy => p.with_extension("npy"),
     }
+}
+
+/// Refuse an output that could land outside the output folder `root` (canonical): a relative input
+/// path with anything but plain names (`..`, a root), or an output whose deepest existing folder resolves
+/// (through symbolic links) outside `root`. Folders created below that one are new, so they are inside.
+fn check_inside(root: &Path, rel: &Path, out: &Path) -> Result<()> {
+    let outside = |why: String| {
+        Err(Error::io(
+            out,
+            std::io::Error::other(format!(
+                "refusing to write outside the output folder {}: {why}",
+                root.display()
+            )),
+        ))
+    };
+    if rel
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return outside(format!("the relative path {} is not plain", rel.display()));
+    }
+    let mut dir = out.parent();
+    while let Some(d) = dir {
+        match d.canonicalize() {
+            Ok(real) if real.starts_with(root) => return Ok(()),
+            Ok(real) => {
+                return outside(format!(
+                    "{} resolves to {} (a symbolic link)",
+                    d.display(),
+                    real.display()
+                ))
+            }
+            Err(_) if std::fs::symlink_metadata(d).is_ok() => {
+                return outside(format!(
+                    "{} cannot be resolved (a broken link?)",
+                    d.display()
+                ))
+            }
+            Err(_) => dir = d.parent(),
+        }
+    }
+    outside("no folder of the output path exists".into())
 }
 
 /// One line of the manifest (interface.md §4).
@@ -437,6 +531,8 @@ type PrepareFailure = (Job, Error, f64);
 /// Shared state of one run.
 struct Ctx<'a> {
     spec: &'a PipelineSpec,
+    /// The output folder, canonical: nothing is written outside it.
+    out_root: PathBuf,
     engine: &'a Engine<'a>,
     /// Operators for masks shared by all images, by x shape.
     op_cache: Mutex<HashMap<[usize; 3], OperatorRef>>,
@@ -602,6 +698,8 @@ impl Ctx<'_> {
     fn write(&self, p: &Prepared, x: &Img) -> Result<()> {
         let io = &self.spec.io;
         let out = &p.job.out;
+        // Checked again right before writing: a folder may have been replaced by a link meanwhile.
+        check_inside(&self.out_root, &p.job.item.rel, out)?;
         imageio::remove_stale_temps(out)?;
         let bytes = if io.format == OutputFormat::Npy {
             imageio::encode_npy(x, out)?
@@ -906,7 +1004,8 @@ fn run_inner(spec: &PipelineSpec, opts: &RunOptions, engine: &Engine) -> Result<
             ),
         });
     }
-    let mut items = discover(&input, Some(&output))?;
+    let (mut items, problems) = discover_all(&input, Some(&output))?;
+    let out_root = output.canonicalize().map_err(|e| Error::io(&output, e))?;
     if items.is_empty() {
         tracing::warn!(
             "no image files (png, tif, tiff, jpg, jpeg) under {}",
@@ -970,6 +1069,24 @@ fn run_inner(spec: &PipelineSpec, opts: &RunOptions, engine: &Engine) -> Result<
         Ok(())
     };
 
+    // Parts of the input tree that could not be read fail on their own (recorded by one shard only, so
+    // that shards sharing a manifest record each once).
+    if opts.shard.is_none_or(|sh| sh.index == 0) {
+        for (path, e) in problems {
+            let rel = path.strip_prefix(&input).unwrap_or(&path).to_path_buf();
+            let job = Job {
+                out: output_path(&output, &rel, spec.io.format),
+                seed: image_seed(spec.seed, &rel),
+                item: InputItem {
+                    path,
+                    rel,
+                    index: usize::MAX,
+                },
+            };
+            record(&mut summary, &job, "failed", Some(e.to_string()), 0, 0.0)?;
+        }
+    }
+
     // Plan: output paths, collisions, skips.
     let mut seen: HashMap<PathBuf, PathBuf> = HashMap::new();
     let mut todo = Vec::new();
@@ -977,6 +1094,10 @@ fn run_inner(spec: &PipelineSpec, opts: &RunOptions, engine: &Engine) -> Result<
         let out = output_path(&output, &item.rel, spec.io.format);
         let seed = image_seed(spec.seed, &item.rel);
         let job = Job { item, out, seed };
+        if let Err(e) = check_inside(&out_root, &job.item.rel, &job.out) {
+            record(&mut summary, &job, "failed", Some(e.to_string()), 0, 0.0)?;
+            continue;
+        }
         if let Some(first) = seen.get(&job.out) {
             let msg = format!(
                 "output {} is also the output of {}",
@@ -997,6 +1118,7 @@ fn run_inner(spec: &PipelineSpec, opts: &RunOptions, engine: &Engine) -> Result<
     let ctx = Ctx {
         spec,
         engine,
+        out_root,
         op_cache: Mutex::new(HashMap::new()),
         init_noise,
     };
@@ -1082,7 +1204,7 @@ pub fn degrade(
     output: &Path,
     masks: Option<&Path>,
 ) -> Result<DegradeSummary> {
-    let items = discover(input, Some(output))?;
+    let (items, problems) = discover_all(input, Some(output))?;
     std::fs::create_dir_all(output).map_err(|e| Error::io(output, e))?;
     let results: Vec<(PathBuf, Result<()>)> = items
         .par_iter()
@@ -1160,6 +1282,9 @@ pub fn degrade(
         masks: spec.task.mask.as_ref().and(masks.map(Path::to_path_buf)),
         ..Default::default()
     };
+    for (p, e) in problems {
+        s.failures.push((p, e.to_string()));
+    }
     for (p, r) in results {
         match r {
             Ok(()) => s.written += 1,

@@ -164,13 +164,15 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut entries: Vec<(String, Origin, Node)> = Vec::new();
+        // Duplicate check in O(1) per key: a hostile spec may hold hundreds of thousands of keys.
+        let mut seen = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<Spanned<String>>()? {
             let origin = Origin::File {
                 line: key.referenced.line(),
                 col: key.referenced.column(),
             };
             let SpannedNode(value) = map.next_value::<SpannedNode>()?;
-            if entries.iter().any(|(k, _, _)| *k == key.value) {
+            if !seen.insert(key.value.clone()) {
                 return Err(de::Error::custom(format!(
                     "duplicate key `{}` at line {} column {}",
                     key.value,
