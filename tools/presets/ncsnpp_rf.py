@@ -1,0 +1,2 @@
+"""placeholder"""
+HELP = "todo"
