@@ -76,6 +76,8 @@ class Prepared:
     #: Draws network time inputs ``t`` [B] for the self-check (the values the network sees in use).
     sample_t: Callable[[int, torch.Generator], torch.Tensor]
     notes: list[str] = field(default_factory=list)
+    #: Extra text files written beside the card (e.g. an ``alphas-cumprod`` schedule file).
+    extra_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -319,6 +321,8 @@ def export(prep: Prepared, out_dir: Path, name: str, log=print) -> dict:
     ir.save(vjp, out_dir / VJP_FILE)
     log(f"weights.bin: {size / 2**20:.1f} MiB shared by both graphs")
 
+    for fname, text in prep.extra_files.items():
+        (out_dir / fname).write_text(text)
     card = {"name": name, **prep.card, "graphs": {"forward": FORWARD_FILE, "vjp": VJP_FILE}}
     write_card(card, out_dir / CARD_FILE, prep.notes)
     return card
