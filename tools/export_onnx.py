@@ -443,13 +443,17 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     preset = PRESETS[args.preset]
     t0 = time.time()
-    prep = preset.build(
-        config=args.config,
-        checkpoint=args.checkpoint,
-        reduced=args.reduced,
-        scheduler_config=args.scheduler_config,
-        ema=not args.no_ema,
-    )
+    try:
+        prep = preset.build(
+            config=args.config,
+            checkpoint=args.checkpoint,
+            reduced=args.reduced,
+            scheduler_config=args.scheduler_config,
+            ema=not args.no_ema,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     n_params = sum(p.numel() for p in prep.module.parameters())
     print(f"{args.preset}: {n_params / 1e6:.2f} M parameters, image {prep.image_shape}")
     name = args.name or args.out.resolve().name

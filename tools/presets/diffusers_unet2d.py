@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .common import load_config_file, load_strict, randomize_zero_params, torch_load
@@ -87,7 +88,8 @@ def schedule_card(sched_cfg: dict | None):
         return sched, param, {}, notes
     keys = {k: v for k, v in sched_cfg.items() if not k.startswith("_")}
     s = DDPMScheduler.from_config(keys)
-    ac = s.alphas_cumprod.double().numpy()
+    # diffusers keeps betas in float32; the product is taken in float64 to add no rounding of its own
+    ac = np.cumprod(1.0 - s.betas.double().numpy())
     text = "\n".join(repr(float(a)) for a in ac) + "\n"
     notes.append(f"Schedule {kind!r} from the scheduler config, written as alphas_cumprod.txt.")
     return {"type": "alphas-cumprod", "file": "alphas_cumprod.txt"}, param, {"alphas_cumprod.txt": text}, notes
