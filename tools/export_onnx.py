@@ -181,6 +181,9 @@ def _avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_
 
 def vjp_decompositions() -> dict:
     table = dict(torch._decomp.core_aten_decompositions())
+    # Keep nearest upsampling itself whole (one ONNX Resize) instead of index arithmetic + GatherND.
+    for op in (aten.upsample_nearest2d.default, getattr(aten.upsample_nearest2d, "vec", None)):
+        table.pop(op, None)
     table[aten.convolution_backward.default] = _convolution_backward
     table[aten.upsample_nearest2d_backward.default] = _upsample_nearest2d_backward
     if hasattr(aten.upsample_nearest2d_backward, "vec"):
@@ -203,13 +206,18 @@ def math_sdpa():
 # --------------------------------------------------------------------------------------------------------
 
 
-class _Forward(torch.nn.Module):
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
+def trace_forward(net: torch.nn.Module, x, t) -> torch.fx.GraphModule:
+    """make_fx trace of (x, t) ↦ out with the same decompositions as the VJP trace, so that both graphs
+    fold parameters identically (e.g. linear weights transposed once) and share every weight."""
+    from torch.fx.experimental.proxy_tensor import make_fx
 
-    def forward(self, x, t):
-        return self.net(x, t)
+    def forward(x, t):
+        return net(x, t)
+
+    with math_sdpa(), torch.no_grad():
+        return make_fx(
+            forward, decomposition_table=vjp_decompositions(), tracing_mode="symbolic", _allow_non_fake_inputs=True
+        )(x, t)
 
 
 def trace_vjp(net: torch.nn.Module, x, t, v) -> torch.fx.GraphModule:
@@ -301,7 +309,7 @@ def export(prep: Prepared, out_dir: Path, name: str, log=print) -> dict:
     v = torch.randn((b, c, h, w), generator=g)
 
     t0 = time.time()
-    fwd = _export(_Forward(net), (x, t), ["x", "t"], ["out"], out_dir / FORWARD_FILE)
+    fwd = _export(trace_forward(net, x, t), (x, t), ["x", "t"], ["out"], out_dir / FORWARD_FILE)
     log(f"forward graph traced and converted in {time.time() - t0:.1f} s")
     t0 = time.time()
     gm = trace_vjp(net, x, t, v)
@@ -386,8 +394,11 @@ def self_check(prep: Prepared, out_dir: Path, batches=(1, 2), rtol: float = CHEC
             (ref_vjp,) = torch.autograd.grad(out, xg, v)
         ref = {"forward.out": out.detach().numpy(), "vjp.out": out.detach().numpy(), "vjp.vjp": ref_vjp.numpy()}
         feeds = {"x": x.numpy(), "t": t.numpy()}
-        (o_fwd,) = fwd.run(["out"], feeds)
-        o_out, o_vjp = vjp.run(["out", "vjp"], {**feeds, "cotangent": v.numpy()})
+        try:
+            (o_fwd,) = fwd.run(["out"], feeds)
+            o_out, o_vjp = vjp.run(["out", "vjp"], {**feeds, "cotangent": v.numpy()})
+        except Exception as e:  # ONNX Runtime refusing to run the graphs is a failed check too
+            raise SelfCheckError(f"ONNX Runtime failed to run the exported graphs at batch {b}: {e}") from e
         got = {"forward.out": o_fwd, "vjp.out": o_out, "vjp.vjp": o_vjp}
         for key, r in ref.items():
             o = got[key]

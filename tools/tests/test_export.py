@@ -136,9 +136,14 @@ def test_self_check_fails_on_corrupted_weights(exported, tmp_path):
     _, prep, out, _ = exported
     bad = tmp_path / "bad"
     shutil.copytree(out, bad)
+    m = onnx.load(str(bad / "forward.onnx"), load_external_data=False)
     data = np.fromfile(bad / "weights.bin", dtype=np.uint8)
-    floats = data[: len(data) // 4 * 4].view(np.float32)
-    floats[:] = floats * np.float32(1.5) + np.float32(0.01)
+    spans = [(o, n) for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+             for _, o, n in [_external(m).get(t.name, (None, None, None))] if o is not None]
+    assert spans
+    for o, n in spans:  # every float weight of the forward graph, scaled by 1.5
+        floats = data[o:o + n].view(np.float32)
+        floats *= np.float32(1.5)
     data.tofile(bad / "weights.bin")
     with pytest.raises(ex.SelfCheckError, match="disagrees"):
         ex.self_check(prep, bad, batches=(1,), log=lambda *_: None)
