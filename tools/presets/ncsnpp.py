@@ -205,11 +205,11 @@ class Combine(nn.Module):
 
     def __init__(self, dim1, dim2, method="cat"):
         super().__init__()
-        self.Conv_0 = conv1x1(dim1, dim2)
+        self.Conv = conv1x1(dim1, dim2)  # named Conv (not Conv_0) in the original
         self.method = method
 
     def forward(self, x, y):
-        h = self.Conv_0(x)
+        h = self.Conv(x)
         if self.method == "cat":
             return torch.cat([h, y], dim=1)
         if self.method == "sum":
@@ -282,8 +282,9 @@ class Downsample(nn.Module):
 
     def forward(self, x):
         if not self.fir:
+            x = F.pad(x, (0, 1, 0, 1))  # as the original, before the conv and before average pooling
             if self.with_conv:
-                return self.Conv_0(F.pad(x, (0, 1, 0, 1)))
+                return self.Conv_0(x)
             return F.avg_pool2d(x, 2, stride=2)
         if not self.with_conv:
             return downsample_2d(x, self.resample_k, factor=2)
