@@ -36,9 +36,7 @@ import argparse
 import contextlib
 import hashlib
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +44,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -215,9 +212,10 @@ def trace_forward(net: torch.nn.Module, x, t) -> torch.fx.GraphModule:
         return net(x, t)
 
     with math_sdpa(), torch.no_grad():
-        return make_fx(
+        gm = make_fx(
             forward, decomposition_table=vjp_decompositions(), tracing_mode="symbolic", _allow_non_fake_inputs=True
         )(x, t)
+    return gm.eval()
 
 
 def trace_vjp(net: torch.nn.Module, x, t, v) -> torch.fx.GraphModule:
@@ -232,12 +230,13 @@ def trace_vjp(net: torch.nn.Module, x, t, v) -> torch.fx.GraphModule:
         return out.detach(), g
 
     with math_sdpa():
-        return make_fx(
+        gm = make_fx(
             vjp, decomposition_table=vjp_decompositions(), tracing_mode="symbolic", _allow_non_fake_inputs=True
         )(x, t, v)
+    return gm.eval()  # the trace is fixed already; eval() only silences torch.onnx's training-mode warning
 
 
-def _export(module, args, input_names, output_names, path: Path):
+def _export(module, args, input_names, output_names):
     batch = torch.export.Dim("batch", min=1, max=4096)
     dyn = tuple({0: batch} for _ in args)
     with math_sdpa():
@@ -309,11 +308,11 @@ def export(prep: Prepared, out_dir: Path, name: str, log=print) -> dict:
     v = torch.randn((b, c, h, w), generator=g)
 
     t0 = time.time()
-    fwd = _export(trace_forward(net, x, t), (x, t), ["x", "t"], ["out"], out_dir / FORWARD_FILE)
+    fwd = _export(trace_forward(net, x, t), (x, t), ["x", "t"], ["out"])
     log(f"forward graph traced and converted in {time.time() - t0:.1f} s")
     t0 = time.time()
     gm = trace_vjp(net, x, t, v)
-    vjp = _export(gm, (x, t, v), ["x", "t", "cotangent"], ["out", "vjp"], out_dir / VJP_FILE)
+    vjp = _export(gm, (x, t, v), ["x", "t", "cotangent"], ["out", "vjp"])
     log(f"vjp graph traced and converted in {time.time() - t0:.1f} s")
 
     for model in (fwd, vjp):

@@ -52,7 +52,6 @@ CONFIGS = {
     "reduced": dict(_BASE, image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2",
                     attention_resolutions="16", num_head_channels=16),
 }
-_SCHEDULE_KEYS = ("diffusion_steps", "noise_schedule")
 
 
 class _EpsOnly(torch.nn.Module):
