@@ -1,0 +1,493 @@
+#!/usr/bin/env python3
+"""Export a pretrained diffusion / flow network to the ONNX graphs conjure runs (interface.md §3).
+
+Writes into ``--out DIR``:
+
+* ``forward.onnx``  inputs ``x`` [B,C,H,W] f32, ``t`` [B] f32 → ``out`` [B,C,H,W]
+* ``vjp.onnx``      inputs ``x``, ``t``, ``cotangent`` → ``out``, ``vjp`` = (∂out/∂x)ᵀ·cotangent
+* ``weights.bin``   the ONE external-data file both graphs read their weights from
+* ``model.yaml``    the model card (kind, parameterization, schedule, time input, image, value range)
+
+ONNX opset 20, batch dimension dynamic, float32. The VJP graph follows design.md §5: the function
+``(x, t, v) ↦ (out, autograd.grad(out, x, v))`` is traced with ``make_fx(tracing_mode="symbolic")`` through
+torch's core ATen decompositions plus three hand-written backward decompositions (convolution_backward's
+input gradient as a transposed convolution, upsample_nearest2d_backward as a reshape-sum, avg_pool2d_backward
+as a depthwise transposed convolution), with scaled-dot-product attention forced to the math backend, and
+the traced graph is exported with ``torch.onnx.export(dynamo=True)``.
+
+At the end the export is SELF-CHECKED: ONNX Runtime (CPU) against PyTorch (forward and autograd VJP) on
+random inputs at batch 1 and 2; the maximum relative error (max |onnx − torch| / max |torch|) of each output
+must be ≤ 1e-4, otherwise the exporter fails with exit status 1 and says which output disagreed.
+
+Presets (tools/presets/): ``adm`` (guided-diffusion UNet: ImageNet-256 unconditional, FFHQ-256),
+``diffusers-unet2d`` (diffusers ``UNet2DModel``, e.g. DDPM CelebA-HQ-256) and ``ncsnpp-rf`` (rectified-flow
+NCSN++, e.g. RectifiedFlow CelebA-HQ-256). ``--reduced --random-init`` builds a small randomly initialised
+instance of the same architecture (what the tests export; no weights can be downloaded there).
+
+Example::
+
+    python3 tools/export_onnx.py --preset adm --config imagenet256-uncond \\
+        --checkpoint 256x256_diffusion_uncond.pt --out models/adm-imagenet256
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+OPSET = 20
+WEIGHTS_FILE = "weights.bin"
+FORWARD_FILE = "forward.onnx"
+VJP_FILE = "vjp.onnx"
+CARD_FILE = "model.yaml"
+#: Agreement the self-check demands between ONNX Runtime and PyTorch (max abs error / max abs reference).
+CHECK_RTOL = 1e-4
+
+aten = torch.ops.aten
+
+
+# --------------------------------------------------------------------------------------------------------
+# What a preset hands the exporter
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """A network ready to export: ``module(x, t) -> out`` with ``out`` shaped like ``x``."""
+
+    module: torch.nn.Module
+    #: The model card (interface.md §3) without its ``graphs`` entry, which the exporter adds.
+    card: dict
+    #: Draws network time inputs ``t`` [B] for the self-check (the values the network sees in use).
+    sample_t: Callable[[int, torch.Generator], torch.Tensor]
+    notes: list[str] = field(default_factory=list)
+    #: Extra text files written beside the card (e.g. an ``alphas-cumprod`` schedule file).
+    extra_files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        img = self.card["image"]
+        return (int(img["channels"]), int(img["height"]), int(img["width"]))
+
+
+def diffusion_index_t(timesteps: int):
+    """Step indices 0..N−1 as floats (time_input: index of a diffusion model)."""
+
+    def sample(b: int, g: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, timesteps, (b,), generator=g).to(torch.float32)
+
+    return sample
+
+
+def flow_index_t(timesteps: int, t_min: float = 1e-3):
+    """(N−1)·t for flow time t ∈ [t_min, 1] (time_input: index of a flow model, NCSN++'s 999 t)."""
+
+    def sample(b: int, g: torch.Generator) -> torch.Tensor:
+        u = t_min + (1.0 - t_min) * torch.rand((b,), generator=g, dtype=torch.float64)
+        return ((timesteps - 1) * u).to(torch.float32)
+
+    return sample
+
+
+def unit_t(t_min: float = 1e-3):
+    def sample(b: int, g: torch.Generator) -> torch.Tensor:
+        return (t_min + (1.0 - t_min) * torch.rand((b,), generator=g, dtype=torch.float64)).to(torch.float32)
+
+    return sample
+
+
+# --------------------------------------------------------------------------------------------------------
+# The three hand-written backward decompositions (design.md §5)
+# --------------------------------------------------------------------------------------------------------
+
+
+def _convolution_backward(
+    grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed, output_padding, groups,
+    output_mask,
+):
+    """Input gradient of a (transposed) 1-D or 2-D convolution, as the adjoint convolution.
+
+    Only the input gradient is produced: the exporter freezes every parameter, so autograd never asks for
+    the weight or bias gradient (output_mask = [True, False, False]); anything else is refused loudly.
+    """
+    if output_mask[1] or output_mask[2]:
+        raise NotImplementedError("export asks for a weight/bias gradient; parameters must be frozen")
+    if not output_mask[0]:
+        return (None, None, None)
+    nd = weight.dim() - 2  # 1-D (ADM's attention projections) or 2-D
+    if not transposed:
+        # y = conv(x, w): x̄ = conv_transpose(ȳ, w) with the output padding that restores x's size.
+        op = [
+            input.shape[2 + i]
+            - ((grad_output.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1) + 1)
+            for i in range(nd)
+        ]
+        gi = aten.convolution(grad_output, weight, None, stride, padding, dilation, True, op, groups)
+    else:
+        # y = conv_transpose(x, w): x̄ = conv(ȳ, w).
+        gi = aten.convolution(grad_output, weight, None, stride, padding, dilation, False, [0] * nd, groups)
+    return (gi, None, None)
+
+
+def _upsample_nearest2d_backward(grad_output, output_size, input_size, scales_h=None, scales_w=None):
+    """Nearest upsampling by integer factors: the adjoint sums each fh×fw block (a reshape-sum)."""
+    n, c, h, w = input_size
+    ho, wo = output_size
+    fh, fw = ho // h, wo // w
+    if fh * h != ho or fw * w != wo:
+        raise NotImplementedError(f"nearest upsampling {h}x{w} -> {ho}x{wo} is not by an integer factor")
+    return grad_output.reshape(n, c, h, fh, w, fw).sum(dim=(3, 5))
+
+
+def _upsample_nearest2d_vec_backward(grad_output, output_size, input_size, scale_factors):
+    return _upsample_nearest2d_backward(grad_output, output_size, input_size)
+
+
+def _avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                         divisor_override):
+    """Average pooling without padding: the adjoint spreads ȳ/(kh·kw) back (a depthwise transposed conv)."""
+    kh, kw = (kernel_size * 2)[:2] if len(kernel_size) == 1 else kernel_size
+    if not stride:
+        stride = (kh, kw)
+    sh, sw = (stride * 2)[:2] if len(stride) == 1 else stride
+    pads = (padding * 2)[:2] if len(padding) == 1 else padding
+    if any(p != 0 for p in pads) or ceil_mode:
+        raise NotImplementedError("avg_pool2d backward: only padding 0 and ceil_mode False are supported")
+    c = input.shape[1]
+    divisor = divisor_override if divisor_override else kh * kw
+    kernel = torch.full((1, 1, kh, kw), 1.0 / divisor, dtype=grad_output.dtype, device=grad_output.device)
+    kernel = kernel.expand(c, 1, kh, kw)
+    op = [
+        input.shape[2] - ((grad_output.shape[2] - 1) * sh + kh),
+        input.shape[3] - ((grad_output.shape[3] - 1) * sw + kw),
+    ]
+    return aten.convolution(grad_output, kernel, None, [sh, sw], [0, 0], [1, 1], True, op, c)
+
+
+def vjp_decompositions() -> dict:
+    table = dict(torch._decomp.core_aten_decompositions())
+    # Keep nearest upsampling itself whole (one ONNX Resize) instead of index arithmetic + GatherND.
+    for op in (aten.upsample_nearest2d.default, getattr(aten.upsample_nearest2d, "vec", None)):
+        table.pop(op, None)
+    table[aten.convolution_backward.default] = _convolution_backward
+    table[aten.upsample_nearest2d_backward.default] = _upsample_nearest2d_backward
+    if hasattr(aten.upsample_nearest2d_backward, "vec"):
+        table[aten.upsample_nearest2d_backward.vec] = _upsample_nearest2d_vec_backward
+    table[aten.avg_pool2d_backward.default] = _avg_pool2d_backward
+    return table
+
+
+@contextlib.contextmanager
+def math_sdpa():
+    """Force scaled-dot-product attention onto the math backend (plain matmul/softmax, exportable)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
+# --------------------------------------------------------------------------------------------------------
+# Tracing and export
+# --------------------------------------------------------------------------------------------------------
+
+
+def trace_forward(net: torch.nn.Module, x, t) -> torch.fx.GraphModule:
+    """make_fx trace of (x, t) ↦ out with the same decompositions as the VJP trace, so that both graphs
+    fold parameters identically (e.g. linear weights transposed once) and share every weight."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def forward(x, t):
+        return net(x, t)
+
+    with math_sdpa(), torch.no_grad():
+        gm = make_fx(
+            forward, decomposition_table=vjp_decompositions(), tracing_mode="symbolic", _allow_non_fake_inputs=True
+        )(x, t)
+    return gm.eval()
+
+
+def trace_vjp(net: torch.nn.Module, x, t, v) -> torch.fx.GraphModule:
+    """make_fx trace of (x, t, v) ↦ (out, (∂out/∂x)ᵀ v) with the backward decompositions above."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def vjp(x, t, v):
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            out = net(xg, t)
+            (g,) = torch.autograd.grad(out, xg, v)
+        return out.detach(), g
+
+    with math_sdpa():
+        gm = make_fx(
+            vjp, decomposition_table=vjp_decompositions(), tracing_mode="symbolic", _allow_non_fake_inputs=True
+        )(x, t, v)
+    return gm.eval()  # the trace is fixed already; eval() only silences torch.onnx's training-mode warning
+
+
+def _export(module, args, input_names, output_names):
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dyn = tuple({0: batch} for _ in args)
+    with math_sdpa():
+        prog = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            dynamic_shapes=dyn,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=OPSET,
+            optimize=True,
+            verbose=False,
+        )
+    return prog.model
+
+
+def _share_weights(models: list, weights_path: Path, min_bytes: int = 1024) -> int:
+    """Move every initializer of ≥ min_bytes of all `models` (onnx_ir Models) into ONE external file.
+
+    Identical tensors (same dtype, shape and bytes) are stored once, so the forward and VJP graphs read the
+    same weights from the same offsets. Offsets are 64-byte aligned (4096 for tensors ≥ 1 MiB, so they can
+    be memory-mapped). Returns the file size.
+    """
+    import onnx_ir as ir
+
+    stored: dict[tuple, tuple[int, int]] = {}
+    offset = 0
+    with open(weights_path, "wb") as f:
+        for model in models:
+            for name, value in list(model.graph.initializers.items()):
+                tensor = value.const_value
+                if tensor is None:
+                    continue
+                data = tensor.tobytes()
+                if len(data) < min_bytes:
+                    continue
+                key = (str(tensor.dtype), tuple(tensor.shape.numpy()), hashlib.sha256(data).hexdigest())
+                if key not in stored:
+                    align = 4096 if len(data) >= (1 << 20) else 64
+                    pad = (-offset) % align
+                    if pad:
+                        f.write(b"\0" * pad)
+                        offset += pad
+                    f.write(data)
+                    stored[key] = (offset, len(data))
+                    offset += len(data)
+                off, length = stored[key]
+                value.const_value = ir.ExternalTensor(
+                    WEIGHTS_FILE, off, length, tensor.dtype, shape=tensor.shape, name=name,
+                    base_dir=str(weights_path.parent),
+                )
+    return offset
+
+
+def export(prep: Prepared, out_dir: Path, name: str, log=print) -> dict:
+    """Write forward.onnx, vjp.onnx, weights.bin and model.yaml for `prep` into `out_dir`."""
+    import onnx_ir as ir
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    net = prep.module.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    c, h, w = prep.image_shape
+    g = torch.Generator().manual_seed(0)
+    b = 2
+    x = torch.randn((b, c, h, w), generator=g)
+    t = prep.sample_t(b, g)
+    v = torch.randn((b, c, h, w), generator=g)
+
+    t0 = time.time()
+    fwd = _export(trace_forward(net, x, t), (x, t), ["x", "t"], ["out"])
+    log(f"forward graph traced and converted in {time.time() - t0:.1f} s")
+    t0 = time.time()
+    gm = trace_vjp(net, x, t, v)
+    vjp = _export(gm, (x, t, v), ["x", "t", "cotangent"], ["out", "vjp"])
+    log(f"vjp graph traced and converted in {time.time() - t0:.1f} s")
+
+    for model in (fwd, vjp):
+        model.producer_name = "conjure tools/export_onnx.py"
+        # dynamo names the dynamic dimension after the Dim; make the ONNX symbol explicit and uniform.
+        for value in list(model.graph.inputs) + list(model.graph.outputs):
+            if value.shape is not None and len(value.shape) >= 1:
+                dims = list(value.shape)
+                dims[0] = "batch"
+                value.shape = ir.Shape(dims)
+    size = _share_weights([fwd, vjp], out_dir / WEIGHTS_FILE)
+    ir.save(fwd, out_dir / FORWARD_FILE)
+    ir.save(vjp, out_dir / VJP_FILE)
+    log(f"weights.bin: {size / 2**20:.1f} MiB shared by both graphs")
+
+    for fname, text in prep.extra_files.items():
+        (out_dir / fname).write_text(text)
+    card = {"name": name, **prep.card, "graphs": {"forward": FORWARD_FILE, "vjp": VJP_FILE}}
+    write_card(card, out_dir / CARD_FILE, prep.notes)
+    return card
+
+
+def write_card(card: dict, path: Path, notes: list[str]) -> None:
+    import yaml
+
+    img = card["image"]
+    lines = [f"# {n}" for n in notes]
+    lines.append("# Written by tools/export_onnx.py; format: docs/interface.md §3.")
+    body = {k: v for k, v in card.items() if k != "image"}
+    text = yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
+    # image on one line, like the shipped cards
+    lo, hi = img["value_range"]
+    image_line = (
+        f"image: {{channels: {img['channels']}, height: {img['height']}, width: {img['width']}, "
+        f"value_range: [{_num(lo)}, {_num(hi)}]}}\n"
+    )
+    head, sep, tail = text.partition("graphs:")
+    path.write_text("\n".join(lines) + "\n" + head + image_line + sep + tail)
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Self-check: ONNX Runtime against PyTorch autograd
+# --------------------------------------------------------------------------------------------------------
+
+
+class SelfCheckError(RuntimeError):
+    pass
+
+
+def self_check(prep: Prepared, out_dir: Path, batches=(1, 2), rtol: float = CHECK_RTOL, seed: int = 1,
+               log=print) -> dict:
+    """Run both graphs with ONNX Runtime and compare with PyTorch (forward, autograd VJP).
+
+    Returns {f"{output}@b{B}": (max_abs_err, rel_err)}; raises SelfCheckError if any rel_err > rtol.
+    """
+    import onnxruntime as ort
+
+    # Memory: torch references first (one autograd graph alive at a time), then one ONNX Runtime session at a
+    # time without the arena cache, so a 256x256 ADM fits next to the torch model in modest RAM.
+    net = prep.module.eval()
+    c, h, w = prep.image_shape
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for b in batches:
+        x = torch.randn((b, c, h, w), generator=g)
+        t = prep.sample_t(b, g)
+        v = torch.randn((b, c, h, w), generator=g)
+        xg = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = net(xg, t)
+            (ref_vjp,) = torch.autograd.grad(out, xg, v)
+        ref = {"forward.out": out.detach().numpy(), "vjp.out": out.detach().numpy(), "vjp.vjp": ref_vjp.numpy()}
+        del out, xg, ref_vjp
+        cases.append((b, {"x": x.numpy(), "t": t.numpy()}, v.numpy(), ref))
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.enable_cpu_mem_arena = False
+    got: dict[int, dict] = {b: {} for b, _, _, _ in cases}
+    for fname in (FORWARD_FILE, VJP_FILE):
+        sess = ort.InferenceSession(str(out_dir / fname), so, providers=["CPUExecutionProvider"])
+        for b, feeds, v, _ in cases:
+            try:
+                if fname == FORWARD_FILE:
+                    (got[b]["forward.out"],) = sess.run(["out"], feeds)
+                else:
+                    got[b]["vjp.out"], got[b]["vjp.vjp"] = sess.run(["out", "vjp"], {**feeds, "cotangent": v})
+            except Exception as e:  # ONNX Runtime refusing to run the graphs is a failed check too
+                raise SelfCheckError(f"ONNX Runtime failed to run {fname} at batch {b}: {e}") from e
+        del sess
+
+    results: dict[str, tuple[float, float]] = {}
+    failures = []
+    for b, _, _, ref in cases:
+        for key, r in ref.items():
+            o = got[b][key]
+            if o.shape != r.shape:
+                failures.append(f"{key} at batch {b}: shape {o.shape} != torch {r.shape}")
+                continue
+            err = float(np.max(np.abs(o.astype(np.float64) - r.astype(np.float64))))
+            scale = float(np.max(np.abs(r)))
+            if scale == 0:
+                failures.append(f"{key} at batch {b}: torch reference is identically zero, nothing checked")
+            rel = err / scale if scale > 0 else err
+            if not np.all(np.isfinite(o)):
+                rel = math.inf
+            results[f"{key}@b{b}"] = (err, rel)
+            log(f"self-check {key:12s} batch {b}: max abs err {err:.3e}, relative {rel:.3e}")
+            if not rel <= rtol:
+                failures.append(f"{key} at batch {b}: relative error {rel:.3e} > {rtol:.0e}")
+    if failures:
+        raise SelfCheckError("ONNX export disagrees with PyTorch: " + "; ".join(failures))
+    return results
+
+
+# --------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    from presets import PRESETS
+
+    ap = argparse.ArgumentParser(
+        description="Export a diffusion/flow checkpoint to conjure's ONNX forward + VJP graphs and model card.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Presets and their --config values:\n"
+        + "\n".join(f"  {k}: {v.HELP}" for k, v in PRESETS.items()),
+    )
+    ap.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    ap.add_argument("--config", help="preset configuration: a built-in name or a YAML/JSON file (see below)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="checkpoint file (or diffusers model directory)")
+    src.add_argument("--random-init", action="store_true", help="randomly initialised weights (testing)")
+    ap.add_argument("--scheduler-config", type=Path,
+                    help="diffusers-unet2d: the scheduler_config.json that sets the card's schedule")
+    ap.add_argument("--no-ema", action="store_true",
+                    help="ncsnpp-rf: use the raw weights instead of the EMA weights of the checkpoint")
+    ap.add_argument("--reduced", action="store_true",
+                    help="a small instance of the architecture (few channels, 32x32/64x64) for tests")
+    ap.add_argument("--out", required=True, type=Path, help="output directory")
+    ap.add_argument("--name", help="model name in the card (default: the output directory's name)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of --random-init")
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    preset = PRESETS[args.preset]
+    t0 = time.time()
+    try:
+        prep = preset.build(
+            config=args.config,
+            checkpoint=args.checkpoint,
+            reduced=args.reduced,
+            scheduler_config=args.scheduler_config,
+            ema=not args.no_ema,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n_params = sum(p.numel() for p in prep.module.parameters())
+    print(f"{args.preset}: {n_params / 1e6:.2f} M parameters, image {prep.image_shape}")
+    name = args.name or args.out.resolve().name
+    export(prep, args.out, name)
+    try:
+        self_check(prep, args.out)
+    except SelfCheckError as e:
+        print(f"SELF-CHECK FAILED: {e}", file=sys.stderr)
+        return 1
+    print(f"export OK: {args.out} ({time.time() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
