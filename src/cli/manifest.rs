@@ -162,7 +162,9 @@ pub fn merge(args: &MergeArgs) -> Result<i32, Failure> {
         .clone()
         .or_else(|| spec.io.output.clone())
         .ok_or_else(|| anyhow!("no output: give --output or io.output in the spec"))?;
-    let items = pipeline::discover(&input, Some(&output))?;
+    // Unreadable parts of the tree are not inputs; `run` records them as failed lines, which the audit
+    // lists among the records for paths outside the input list.
+    let (items, _problems) = pipeline::discover_all(&input, Some(&output))?;
     let manifests = if args.manifests.is_empty() {
         find_manifests(&output, args.out.as_deref())?
     } else {

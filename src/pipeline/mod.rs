@@ -937,7 +937,8 @@ pub fn run(spec: &PipelineSpec, opts: &RunOptions) -> Result<RunSummary> {
 /// Whether any input of this shard still needs restoring.
 fn has_work(spec: &PipelineSpec, opts: &RunOptions) -> Result<bool> {
     let (input, output) = resolve_io(spec, opts)?;
-    let items = discover(&input, Some(&output))?;
+    // Problems in the tree (broken links, unreadable folders) are recorded by `run_with` without a model.
+    let (items, _problems) = discover_all(&input, Some(&output))?;
     Ok(items.iter().any(|it| {
         let mine = opts.shard.is_none_or(|sh| it.index % sh.count == sh.index);
         let out = output_path(&output, &it.rel, spec.io.format);
