@@ -68,10 +68,10 @@ fn every_shipped_pipeline_parses_and_points_at_the_shipped_models() {
         let model = s.model.file_name().unwrap().to_str().unwrap();
         assert_eq!(
             model == "fmnist-flow",
-            s.sampler.name.needs_flow(),
+            s.sampler.config.name.needs_flow(),
             "{}: sampler {} on {model}",
             p.display(),
-            s.sampler.name.as_str()
+            s.sampler.config.name.as_str()
         );
         assert!(s
             .io
@@ -85,7 +85,7 @@ fn every_shipped_pipeline_parses_and_points_at_the_shipped_models() {
     assert!(n >= 12, "only {n} specs");
     let demo = PipelineSpec::load(&dir.join("sr4-c-pigdm.yaml"), &[]).unwrap();
     assert_eq!(demo.task.operator, OperatorKind::SrBicubic);
-    assert_eq!(demo.sampler.name, SamplerName::CPigdm);
+    assert_eq!(demo.sampler.config.name, SamplerName::CPigdm);
 }
 
 #[test]
@@ -94,8 +94,8 @@ fn a_full_spec_is_read_exactly() {
     assert_eq!(s.model, PathBuf::from("/models/fmnist-ddpm"));
     assert_eq!(s.task.scale, 4);
     assert_eq!(s.task.noise_sigma, 0.05);
-    assert_eq!(s.sampler.steps, Some(5));
-    assert_eq!(s.sampler.jacobian, JacobianMode::FiniteDifference);
+    assert_eq!(s.sampler.config.steps, Some(5));
+    assert_eq!(s.sampler.config.jacobian, JacobianMode::FiniteDifference);
     assert_eq!(s.sampler.init_noise, None);
     assert_eq!(s.seed, 7);
     assert_eq!(s.runtime.engine, EngineChoice::Tract);
@@ -264,8 +264,8 @@ fn overrides_apply_before_validation_with_yaml_types() {
         ],
     )
     .unwrap();
-    assert_eq!(s.sampler.steps, Some(12));
-    assert_eq!(s.sampler.variant.as_deref(), Some("noisy"));
+    assert_eq!(s.sampler.config.steps, Some(12));
+    assert_eq!(s.sampler.config.variant.as_deref(), Some("noisy"));
     assert_eq!(s.runtime.providers, vec![Provider::Cpu]);
     assert!(s.io.skip_existing);
     // Command-line paths are relative to the working directory, not the spec.

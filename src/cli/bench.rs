@@ -369,7 +369,7 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     Ok(BenchReport {
         spec: args.spec.display().to_string(),
         sampler: sampler.name().to_string(),
-        steps: spec.sampler.steps,
+        steps: spec.sampler.config.steps,
         nfe_per_image: sampler.nfe(),
         images: n,
         restored: summary.restored,

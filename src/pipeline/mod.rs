@@ -66,7 +66,7 @@ impl ModelInfo {
 
 /// Check that a spec can run on a model of this kind (sampler family, Jacobian mode).
 pub fn check_model(spec: &PipelineSpec, kind: ModelKind, has_vjp: bool) -> Result<()> {
-    let name = spec.sampler.name;
+    let name = spec.sampler.config.name;
     let needs_flow = name.needs_flow();
     if name != crate::samplers::SamplerName::Pinv && needs_flow != (kind == ModelKind::Flow) {
         return Err(Error::Spec {
@@ -84,7 +84,7 @@ pub fn check_model(spec: &PipelineSpec, kind: ModelKind, has_vjp: bool) -> Resul
             ),
         });
     }
-    if spec.sampler.jacobian == JacobianMode::Exact && !has_vjp {
+    if spec.sampler.config.jacobian == JacobianMode::Exact && !has_vjp {
         return Err(Error::Spec {
             location: String::new(),
             message: format!(
@@ -661,7 +661,7 @@ impl Ctx<'_> {
             m.kind,
             m.param,
             m.time,
-            self.spec.sampler.jacobian,
+            self.spec.sampler.config.jacobian,
         );
         net.validate()?;
         let mut problems = batch

@@ -180,20 +180,11 @@ pub struct TaskSpec {
     pub svd_threshold: f64,
 }
 
-/// `sampler`.
+/// `sampler`: the sampler settings themselves plus what only a spec names.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplerSpec {
-    pub name: SamplerName,
-    pub steps: Option<usize>,
-    pub guidance: Option<f64>,
-    pub lambda: Option<f64>,
-    pub start_time: Option<f64>,
-    pub end_time: Option<f64>,
-    pub eta: Option<f64>,
-    pub eta_b: Option<f64>,
-    pub num_eps: Option<f64>,
-    pub variant: Option<String>,
-    pub jacobian: JacobianMode,
+    /// The sampler's settings (`None` = the sampler's own default).
+    pub config: SamplerConfig,
     /// `.npy` of the initial noise (N,C,H,W) or (C,H,W).
     pub init_noise: Option<PathBuf>,
 }
@@ -1006,17 +997,19 @@ impl PipelineSpec {
             .map(|n| ctx.path(n, "init_noise"))
             .transpose()?;
         Ok(SamplerSpec {
-            name,
-            steps,
-            guidance,
-            lambda,
-            start_time,
-            end_time,
-            eta,
-            eta_b,
-            num_eps,
-            variant,
-            jacobian,
+            config: SamplerConfig {
+                name,
+                steps,
+                guidance,
+                lambda,
+                start_time,
+                end_time,
+                eta,
+                eta_b,
+                num_eps,
+                variant,
+                jacobian,
+            },
             init_noise,
         })
     }
@@ -1151,20 +1144,7 @@ impl PipelineSpec {
 
     /// The sampler settings (`None` = the sampler's own default).
     pub fn sampler_config(&self) -> SamplerConfig {
-        let s = &self.sampler;
-        SamplerConfig {
-            name: s.name,
-            steps: s.steps,
-            guidance: s.guidance,
-            lambda: s.lambda,
-            start_time: s.start_time,
-            end_time: s.end_time,
-            eta: s.eta,
-            eta_b: s.eta_b,
-            num_eps: s.num_eps,
-            variant: s.variant.clone(),
-            jacobian: s.jacobian,
-        }
+        self.sampler.config.clone()
     }
 
     /// The degradation, given the image's mask for `inpaint` (1 = known, H×W of the restored image).
@@ -1252,8 +1232,8 @@ mod tests {
         assert_eq!(s.seed, 0);
         assert_eq!(s.runtime.batch_size, 16);
         assert!(s.io.skip_existing);
-        assert_eq!(s.sampler.steps, None);
-        assert_eq!(s.sampler.jacobian, JacobianMode::Exact);
+        assert_eq!(s.sampler.config.steps, None);
+        assert_eq!(s.sampler.config.jacobian, JacobianMode::Exact);
     }
 
     #[test]
@@ -1299,7 +1279,7 @@ mod tests {
             Override::parse("runtime.providers=[cpu]").unwrap(),
         ];
         let s = PipelineSpec::parse(MIN, "t.yaml", Path::new("/base"), &ov).unwrap();
-        assert_eq!(s.sampler.steps, Some(7));
+        assert_eq!(s.sampler.config.steps, Some(7));
         assert_eq!(s.io.format, OutputFormat::Png);
         assert_eq!(s.runtime.providers, vec![Provider::Cpu]);
         let bad = [Override::parse("sampler.steps=0").unwrap()];
