@@ -3,6 +3,9 @@
 //! (§14.2 item 8), first-order convergence to the §9.1 ODE on a Gaussian toy (§14.3 item 5, RK4 reference
 //! from closed-form velocities), data consistency, and batch independence.
 
+#[path = "common/numeric.rs"]
+mod numeric;
+
 use std::sync::{Arc, Mutex};
 
 use conjure::model::analytic::{GaussianFlow, GaussianPrior, IdentityBasis};
@@ -13,6 +16,7 @@ use conjure::samplers::{self, ModelSchedule, Problem, Sampler, SamplerConfig, Sa
 use conjure::schedules::TimeInput;
 use conjure::{Error, Result};
 use ndarray::{Array3, Array4, ArrayView4, Axis};
+use numeric::{loglog_slope, max_abs, norm, rk4};
 
 // ---------------------------------------------------------------------------------------------------------
 // helpers
@@ -33,48 +37,6 @@ fn params(steps: usize, w: f64, lambda: f64, st: f64, jac: JacobianTerm) -> CPig
         start_time: st,
         jacobian_term: jac,
     }
-}
-
-fn max_abs(a: &Img, b: &Img) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
-
-fn norm(a: &Img) -> f64 {
-    a.iter().map(|v| v * v).sum::<f64>().sqrt()
-}
-
-/// Classical RK4 for dx/dt = f(t, x) over [t0, t1] in n steps.
-fn rk4(f: impl Fn(f64, &[f64]) -> Vec<f64>, x0: &[f64], t0: f64, t1: f64, n: usize) -> Vec<f64> {
-    let h = (t1 - t0) / n as f64;
-    let axpy = |x: &[f64], k: &[f64], a: f64| -> Vec<f64> {
-        x.iter().zip(k).map(|(x, k)| x + a * k).collect()
-    };
-    let mut x = x0.to_vec();
-    for i in 0..n {
-        let t = t0 + i as f64 * h;
-        let k1 = f(t, &x);
-        let k2 = f(t + h / 2.0, &axpy(&x, &k1, h / 2.0));
-        let k3 = f(t + h / 2.0, &axpy(&x, &k2, h / 2.0));
-        let k4 = f(t + h, &axpy(&x, &k3, h));
-        for j in 0..x.len() {
-            x[j] += h / 6.0 * (k1[j] + 2.0 * k2[j] + 2.0 * k3[j] + k4[j]);
-        }
-    }
-    x
-}
-
-/// Least-squares slope of log(err) against log(nfe).
-fn loglog_slope(nfe: &[usize], err: &[f64]) -> f64 {
-    let xs: Vec<f64> = nfe.iter().map(|&n| (n as f64).ln()).collect();
-    let ys: Vec<f64> = err.iter().map(|e| e.ln()).collect();
-    let n = xs.len() as f64;
-    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
-    let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-    let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
-    sxy / sxx
 }
 
 /// A denoiser with frozen outputs: v ≡ v₀ and (∂v/∂x)ᵀ m ≡ g₀ whatever x, t and m are. It records the

@@ -2,6 +2,9 @@
 //! step with frozen network outputs, first-order convergence to its own ODE on a Gaussian toy (RK4
 //! reference from closed-form velocities), batch independence, and its configuration.
 
+#[path = "common/numeric.rs"]
+mod numeric;
+
 use std::sync::{Arc, Mutex};
 
 use conjure::model::analytic::{GaussianFlow, GaussianPrior, IdentityBasis};
@@ -12,6 +15,7 @@ use conjure::samplers::{self, ModelSchedule, Problem, Sampler, SamplerConfig, Sa
 use conjure::schedules::TimeInput;
 use conjure::Result;
 use ndarray::{Array3, Array4, ArrayView4, Axis};
+use numeric::{loglog_slope, max_abs, norm, rk4};
 
 // ---------------------------------------------------------------------------------------------------------
 // helpers
@@ -27,47 +31,6 @@ fn pigfm(steps: usize, w: f64, st: f64) -> Pigfm {
         start_time: st,
     })
     .unwrap()
-}
-
-fn max_abs(a: &Img, b: &Img) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
-
-fn norm(a: &Img) -> f64 {
-    a.iter().map(|v| v * v).sum::<f64>().sqrt()
-}
-
-/// Classical RK4 for dx/du = f(u, x) over [u0, u1] in n steps.
-fn rk4(f: impl Fn(f64, &[f64]) -> Vec<f64>, x0: &[f64], u0: f64, u1: f64, n: usize) -> Vec<f64> {
-    let h = (u1 - u0) / n as f64;
-    let axpy = |x: &[f64], k: &[f64], a: f64| -> Vec<f64> {
-        x.iter().zip(k).map(|(x, k)| x + a * k).collect()
-    };
-    let mut x = x0.to_vec();
-    for i in 0..n {
-        let u = u0 + i as f64 * h;
-        let k1 = f(u, &x);
-        let k2 = f(u + h / 2.0, &axpy(&x, &k1, h / 2.0));
-        let k3 = f(u + h / 2.0, &axpy(&x, &k2, h / 2.0));
-        let k4 = f(u + h, &axpy(&x, &k3, h));
-        for j in 0..x.len() {
-            x[j] += h / 6.0 * (k1[j] + 2.0 * k2[j] + 2.0 * k3[j] + k4[j]);
-        }
-    }
-    x
-}
-
-fn loglog_slope(nfe: &[usize], err: &[f64]) -> f64 {
-    let xs: Vec<f64> = nfe.iter().map(|&n| (n as f64).ln()).collect();
-    let ys: Vec<f64> = err.iter().map(|e| e.ln()).collect();
-    let n = xs.len() as f64;
-    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
-    let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-    let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
-    sxy / sxx
 }
 
 /// Frozen outputs: v ≡ v₀ and (∂v/∂x)ᵀ m ≡ g₀; records the network times.

@@ -216,13 +216,7 @@ pub fn euler(f: &dyn Fn(f64, &Img) -> Img, x0: &Img, ts: &[f64]) -> Img {
     x
 }
 
-/// Least-squares slope of log(err) against log(nfe).
-pub fn loglog_slope(nfe: &[usize], err: &[f64]) -> f64 {
-    let xs: Vec<f64> = nfe.iter().map(|&n| (n as f64).ln()).collect();
-    let ys: Vec<f64> = err.iter().map(|e| e.ln()).collect();
-    let n = xs.len() as f64;
-    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
-    let cov: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-    let var: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
-    cov / var
-}
+#[path = "../common/numeric.rs"]
+mod numeric;
+#[allow(unused_imports)] // not every test file that includes this module uses it
+pub use numeric::loglog_slope;
