@@ -99,6 +99,12 @@ pub struct StepCoefficients {
     pub phi_j1: f64,
     /// ΔΦ_j², multiplies Pg.
     pub phi_j2: f64,
+    /// ΔΦ_s¹ + ΔΦ_s², integrated as one integrand (½β e^{c1+c2}/(σ + ε_n) − w ½β σ e^{c1+c2}): the
+    /// coefficient of Pε̂ on the range of P. The two terms are each of size e^{c1} while their sum is of
+    /// size e^{c1+c2}, so adding the separate integrals would cancel every digit once e^{c2} < 1e-16.
+    pub phi_s_range: f64,
+    /// ΔΦ_j¹ + ΔΦ_j² as one integrand (w ½β σ μ e^{c1+c2}): the coefficient of Pg on the range of P.
+    pub phi_j_range: f64,
     /// ΔΦ_yc per unit σ_y², multiplies Q H†y (noisy variant).
     pub phi_yc: f64,
     /// ΔΦ_sc per unit σ_y², multiplies Q ε̂ (noisy variant).
@@ -181,6 +187,11 @@ impl CPigdm {
         let f_j1 = |u: f64| w * half_beta(u) * vp.sigma(u) * vp.mu(u) * c1f(u).exp();
         let f_j2 =
             |u: f64| w * half_beta(u) * vp.sigma(u) * vp.mu(u) * c1f(u).exp() * c2f(u).exp_m1();
+        let f_s_range = |u: f64| {
+            half_beta(u) * (c1f(u) + c2f(u)).exp() * (1.0 / (vp.sigma(u) + eps_n) - w * vp.sigma(u))
+        };
+        let f_j_range =
+            |u: f64| w * half_beta(u) * vp.sigma(u) * vp.mu(u) * (c1f(u) + c2f(u)).exp();
         let f_yc = |u: f64| -half_beta(u) * w * vp.mu(u) * c3f(u);
         let f_sc = |u: f64| half_beta(u) * c3f(u) * (1.0 / (vp.sigma(u) + eps_n) - w * vp.sigma(u));
         let f_jc = |u: f64| w * vp.sigma(u) * vp.mu(u) * half_beta(u) * c3f(u);
@@ -194,6 +205,8 @@ impl CPigdm {
                 phi_s2: quad::integrate(f_s2, a, b)?,
                 phi_j1: quad::integrate(f_j1, a, b)?,
                 phi_j2: quad::integrate(f_j2, a, b)?,
+                phi_s_range: quad::integrate(f_s_range, a, b)?,
+                phi_j_range: quad::integrate(f_j_range, a, b)?,
                 phi_yc: quad::integrate(f_yc, a, b)?,
                 phi_sc: quad::integrate(f_sc, a, b)?,
                 phi_jc: quad::integrate(f_jc, a, b)?,
@@ -283,6 +296,44 @@ impl CPigdm {
         u - corr
     }
 
+    /// A^noisy_{t_k} x as its two parts ((I − P) x̄, P x̄) = (e^{c1}(x − Px), e^{c1+c2} Px + c3 Q x).
+    fn transform_split(
+        &self,
+        op: &dyn LinearOperator,
+        k: usize,
+        sigma_y: f64,
+        x: &Img,
+    ) -> (Img, Img) {
+        let (e1, e12) = (self.c1[k].exp(), (self.c1[k] + self.c2[k]).exp());
+        let px = op.project(x);
+        let perp = Zip::from(x).and(&px).map_collect(|&x, &p| e1 * (x - p));
+        let mut range = &px * e12;
+        let c3 = self.c3(k, sigma_y);
+        if c3 != 0.0 {
+            range.scaled_add(c3, &op.pinv_gram(x));
+        }
+        (perp, range)
+    }
+
+    /// x_k = (A^noisy_{t_k})⁻¹ x̄ from the two parts of x̄ kept in `s`: e^{−c1}(I − P)x̄ + e^{−c1−c2}P x̄,
+    /// minus the first-order noisy correction e^{−c1−c2} c3 Q u (Q u = Q P u, as Q = H†H†ᵀ lives on the
+    /// range of P). Same value as [`Self::inverse_transform`] of the sum, but P is never applied to a
+    /// vector mixing both parts: there the rounding error of the e^{c1}-sized part, ≈ 1e-16 e^{c1}, would
+    /// be multiplied by e^{−c2} = e^{½ w b_t} (e^{75} at w = 15, t = 1) and swamp the result.
+    fn inverse_split(&self, op: &dyn LinearOperator, k: usize, s: &mut State) -> Img {
+        let (em1, em12) = ((-self.c1[k]).exp(), (-self.c1[k] - self.c2[k]).exp());
+        let mut u_range = &s.xbar_range * em12;
+        let c3 = self.c3(k, s.sy);
+        if c3 != 0.0 {
+            let corr = op.pinv_gram(&u_range) * (c3 * em12);
+            u_range -= &corr;
+        }
+        Zip::from(&mut u_range)
+            .and(&s.xbar_perp)
+            .for_each(|u, &xp| *u += em1 * xp);
+        u_range
+    }
+
     /// σ_y the transform uses for a problem: the problem's σ_y in the noisy variant, else 0.
     fn sigma_y_of(&self, p: &Problem) -> f64 {
         match self.variant {
@@ -364,7 +415,10 @@ struct State {
     qhy: Option<Img>,
     /// σ_y the transform uses.
     sy: f64,
-    xbar: Img,
+    /// x̄ off the range of P, (I − P) x̄ = e^{c1} (I − P) x.
+    xbar_perp: Img,
+    /// x̄ on the range of P, P x̄ = e^{c1+c2} P x (+ c3 Q x).
+    xbar_range: Img,
 }
 
 impl Sampler for CPigdm {
@@ -400,15 +454,22 @@ impl Sampler for CPigdm {
                 } else {
                     &hy * mu0 + &(z * sigma0)
                 };
-                let xbar = self.transform(op.as_ref(), 0, sy, &x0);
+                let (xbar_perp, xbar_range) = self.transform_split(op.as_ref(), 0, sy, &x0);
+                let qhy = noisy.then(|| op.pinv_gram(&hy));
+                let mut s = State {
+                    hy,
+                    qhy,
+                    sy,
+                    xbar_perp,
+                    xbar_range,
+                };
                 // The noisy code maps x̄ back at the start of every step, step 0 included.
                 let x = if noisy {
-                    self.inverse_transform(op.as_ref(), 0, sy, &xbar)
+                    self.inverse_split(op.as_ref(), 0, &mut s)
                 } else {
                     x0
                 };
-                let qhy = noisy.then(|| op.pinv_gram(&hy));
-                (State { hy, qhy, sy, xbar }, x)
+                (s, x)
             })
             .unzip();
 
@@ -427,30 +488,36 @@ impl Sampler for CPigdm {
             })?;
             for (i, ((s, e), g)) in st.iter_mut().zip(eps).zip(&g).enumerate() {
                 let op = problems[i].op.as_ref();
-                // x̄ ← x̄ − λΔs x̄ + ΔΦ_y H†y + ΔΦ_s¹ ε̂ + ΔΦ_s² Pε̂ + ΔΦ_j¹ g + ΔΦ_j² Pg, in place.
-                let xbar = &mut s.xbar;
-                *xbar *= 1.0 - self.lambda * c.ds;
-                xbar.scaled_add(c.phi_y, &s.hy);
-                xbar.scaled_add(c.phi_s1, &e);
-                xbar.scaled_add(c.phi_j1, g);
-                // Noisy: Q's input ΔΦ_sc ε̂ + ΔΦ_jc g (coefficients scale with σ_y²), formed before ε̂'s
-                // buffer is reused for the range term.
+                // x̄ ← x̄ − λΔs x̄ + ΔΦ_y H†y + ΔΦ_s¹ ε̂ + ΔΦ_s² Pε̂ + ΔΦ_j¹ g + ΔΦ_j² Pg, on the two
+                // subspaces apart (H†y, Pε̂ and Pg lie in the range of P):
+                //   (I − P) x̄ ← (1 − λΔs)(I − P) x̄ + ΔΦ_s¹ (I − P) ε̂ + ΔΦ_j¹ (I − P) g,
+                //   P x̄ ← (1 − λΔs) P x̄ + ΔΦ_y H†y + (ΔΦ_s¹ + ΔΦ_s²) Pε̂ + (ΔΦ_j¹ + ΔΦ_j²) Pg.
+                let decay = 1.0 - self.lambda * c.ds;
+                let (pe, pg) = (op.project(&e), op.project(g));
+                let perp = &mut s.xbar_perp;
+                *perp *= decay;
+                Zip::from(&mut *perp)
+                    .and(&e)
+                    .and(&pe)
+                    .and(g)
+                    .and(&pg)
+                    .for_each(|xb, &e, &pe, &g, &pg| {
+                        *xb += c.phi_s1 * (e - pe) + c.phi_j1 * (g - pg)
+                    });
+                let range = &mut s.xbar_range;
+                *range *= decay;
+                range.scaled_add(c.phi_y, &s.hy);
+                range.scaled_add(c.phi_s_range, &pe);
+                range.scaled_add(c.phi_j_range, &pg);
+                // Noisy: + ΔΦ_yc Q H†y + ΔΦ_sc Q ε̂ + ΔΦ_jc Q g (coefficients scale with σ_y²).
                 let sy2 = s.sy * s.sy;
-                let q_in = (s.qhy.is_some() && sy2 > 0.0).then(|| {
-                    let mut q_in = &e * (c.phi_sc * sy2);
+                if let (Some(qhy), true) = (&s.qhy, sy2 > 0.0) {
+                    range.scaled_add(c.phi_yc * sy2, qhy);
+                    let mut q_in = e * (c.phi_sc * sy2);
                     q_in.scaled_add(c.phi_jc * sy2, g);
-                    q_in
-                });
-                let mut range = e;
-                range *= c.phi_s2;
-                range.scaled_add(c.phi_j2, g);
-                *xbar += &op.project(&range);
-                // Noisy: + ΔΦ_yc Q H†y + ΔΦ_sc Q ε̂ + ΔΦ_jc Q g.
-                if let (Some(qhy), Some(q_in)) = (&s.qhy, q_in) {
-                    xbar.scaled_add(c.phi_yc * sy2, qhy);
-                    *xbar += &op.pinv_gram(&q_in);
+                    *range += &op.pinv_gram(&q_in);
                 }
-                xs[i] = self.inverse_transform(op, k + 1, s.sy, xbar);
+                xs[i] = self.inverse_split(op, k + 1, s);
             }
         }
         Ok(xs)
