@@ -35,5 +35,6 @@ pub mod pipeline;
 pub mod samplers;
 pub mod schedules;
 pub mod spec;
+pub mod study;
 
 pub use error::{Error, Result};

@@ -7,6 +7,8 @@ installed at /usr/share/datasets/fashion-mnist/) and writes
   examples/fmnist/clean/<label>-<index>.png   the first 8 test images, 28x28 zero-padded to 32x32
                                                (2 black pixels on each side, as the priors were trained),
                                                8-bit gray; <index> is the image's index in the test split
+  examples/fmnist/train/<label>-<index>.png   the first 4 images of the TRAINING split, padded the same way
+                                               (the tuning images of pipelines/experiments/smoke.yaml)
   examples/fmnist/catalogue/page-01.png       a 128x96 (W x H) "catalogue page": the first 12 test images,
                                                each padded to 32x32, in 3 rows of 4, row-major
 
@@ -36,6 +38,7 @@ LABELS = [
 ]
 SIZE = 32  # model size
 N_CLEAN = 8
+N_TRAIN = 4
 PAGE_COLS, PAGE_ROWS = 4, 3
 
 
@@ -106,6 +109,13 @@ def main():
         name = f"{LABELS[labels[k]]}-{k}.png"
         write_png_gray8(os.path.join(a.out, "clean", name), pad(images[k]))
         print("clean/" + name)
+
+    train = read_images(os.path.join(a.data, "train-images-idx3-ubyte.gz"))
+    train_labels = read_labels(os.path.join(a.data, "train-labels-idx1-ubyte.gz"))
+    for k in range(N_TRAIN):
+        name = f"{LABELS[train_labels[k]]}-{k}.png"
+        write_png_gray8(os.path.join(a.out, "train", name), pad(train[k]))
+        print("train/" + name)
 
     page = [[0] * (PAGE_COLS * SIZE) for _ in range(PAGE_ROWS * SIZE)]
     for k in range(PAGE_ROWS * PAGE_COLS):

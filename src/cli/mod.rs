@@ -15,6 +15,7 @@ mod bench;
 mod eval;
 mod inspect;
 mod manifest;
+mod study;
 
 /// Exit status: every input restored or skipped.
 pub const EXIT_OK: i32 = 0;
@@ -89,6 +90,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Run a spec on N images and report where the time goes (network, sampler, I/O, idle).
     Bench(bench::BenchArgs),
+    /// Tune and run a quality study (tasks × samplers × NFE × Jacobian modes); tables and figures.
+    Study(study::StudyArgs),
     /// Model directories.
     Model {
         #[command(subcommand)]
@@ -323,6 +326,10 @@ fn dispatch(cmd: Command) -> Result<i32, Failure> {
             error: e,
         }),
         Command::Bench(args) => bench::bench(&args).map_err(|e| Failure {
+            code: EXIT_USAGE,
+            error: e,
+        }),
+        Command::Study(args) => study::study(&args).map_err(|e| Failure {
             code: EXIT_USAGE,
             error: e,
         }),

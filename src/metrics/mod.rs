@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::operators::{Img, LinearOperator};
 
 pub mod eval;
-mod font;
+pub(crate) mod font;
 pub mod plot;
 mod ssim;
 

@@ -13,20 +13,27 @@ use crate::error::{Error, Result};
 use crate::operators::Img;
 
 /// Cells are at least this many pixels on their longer side.
-const CELL_TARGET: usize = 128;
-const MARGIN: usize = 10;
-const GAP: usize = 8;
-const BACKGROUND: Rgb<u8> = Rgb([28, 28, 32]);
-const INK: Rgb<u8> = Rgb([235, 235, 235]);
-const DIM_INK: Rgb<u8> = Rgb([170, 170, 180]);
+pub(crate) const CELL_TARGET: usize = 128;
+pub(crate) const MARGIN: usize = 10;
+pub(crate) const GAP: usize = 8;
+pub(crate) const BACKGROUND: Rgb<u8> = Rgb([28, 28, 32]);
+pub(crate) const INK: Rgb<u8> = Rgb([235, 235, 235]);
+pub(crate) const DIM_INK: Rgb<u8> = Rgb([170, 170, 180]);
 
 /// Width in pixels of `text` drawn at integer `scale`.
-fn text_width(text: &str, scale: usize) -> usize {
+pub(crate) fn text_width(text: &str, scale: usize) -> usize {
     text.chars().count() * (GLYPH_W + 1) * scale
 }
 
 /// Draw `text` with its top-left corner at (x, y); pixels outside the canvas are skipped.
-fn draw_text(canvas: &mut RgbImage, x: usize, y: usize, text: &str, scale: usize, ink: Rgb<u8>) {
+pub(crate) fn draw_text(
+    canvas: &mut RgbImage,
+    x: usize,
+    y: usize,
+    text: &str,
+    scale: usize,
+    ink: Rgb<u8>,
+) {
     let (cw, ch) = (canvas.width() as usize, canvas.height() as usize);
     for (k, c) in text.chars().enumerate() {
         let Some(rows) = glyph(c) else { continue };
@@ -51,7 +58,14 @@ fn draw_text(canvas: &mut RgbImage, x: usize, y: usize, text: &str, scale: usize
 
 /// Paint `img` (C, H, W in [0, 1], gray or RGB) centred in the `cw`×`ch` box at (x, y), scaled by nearest
 /// neighbour by the largest factor that fits (integer when enlarging, so pixels stay square).
-fn draw_image(canvas: &mut RgbImage, x: usize, y: usize, cw: usize, ch: usize, img: &Img) {
+pub(crate) fn draw_image(
+    canvas: &mut RgbImage,
+    x: usize,
+    y: usize,
+    cw: usize,
+    ch: usize,
+    img: &Img,
+) {
     let (c, h, w) = img.dim();
     if h == 0 || w == 0 {
         return;

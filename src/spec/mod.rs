@@ -26,6 +26,7 @@ use crate::operators::{Degradation, DEFAULT_SVD_THRESHOLD};
 use crate::samplers::{SamplerConfig, SamplerName};
 
 pub mod node;
+pub mod study;
 
 use node::{Node, Origin, Value};
 
