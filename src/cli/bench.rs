@@ -335,6 +335,7 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         shard: None,
         manifest: Some(manifest.clone()),
         progress: ProgressMode::Quiet,
+        stop: None,
     };
     let threads = if spec.runtime.threads > 0 {
         spec.runtime.threads
