@@ -22,9 +22,9 @@
 //! (total − network) / network. `peak_rss_bytes` is the process high-water mark (`VmHWM`).
 //!
 //! All the I/O work, hidden or not, is reported beside the split: `io_busy_seconds` = the wall seconds
-//! the decode and the write thread were busy (each on the rayon pool), and `io_thread_seconds` = decode
-//! + prepare + encode + write summed over images (thread-seconds, from the manifest's per-image seconds
-//! minus the sampling share).
+//! the decode and the write thread were busy (each on the rayon pool), and `io_thread_seconds` = the
+//! decode, prepare, encode and write time summed over images (thread-seconds, from the manifest's
+//! per-image seconds minus the sampling share).
 //!
 //! `--analytic` swaps the network for the exact Gaussian-prior denoiser of the model's kind,
 //! parameterization and time input (prior N(0, 0.25 I) at the model's image size): the network time is
