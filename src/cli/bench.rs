@@ -99,6 +99,15 @@ pub struct IoBusy {
     pub write: f64,
 }
 
+/// Wall seconds the network thread waited on the I/O threads.
+#[derive(Debug, Serialize)]
+pub struct IoWait {
+    /// For the next decoded batch (the first one included).
+    pub input: f64,
+    /// To hand a batch to the write thread, and for the last writes after sampling ended.
+    pub output: f64,
+}
+
 /// Network calls seen by the timing decorator (images = batch entries or tiles).
 #[derive(Debug, Serialize)]
 pub struct NetworkCalls {
@@ -131,6 +140,8 @@ pub struct BenchReport {
     /// Wall seconds the decode and write threads were busy, overlapping the network (not part of
     /// `total`'s split: `seconds.io` is the part of it the network waited for).
     pub io_busy_seconds: IoBusy,
+    /// `seconds.io` split: the network thread waiting for decoded input vs. for the write thread.
+    pub io_wait_seconds: IoWait,
     pub images_per_second: f64,
     /// NFE as the paper counts it (a step with a VJP counts once): the sampler's NFE/image × images
     /// restored, e.g. steps × images for C-ΠGDM.
@@ -416,6 +427,10 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         io_busy_seconds: IoBusy {
             decode: timing.decode_busy,
             write: timing.write_busy,
+        },
+        io_wait_seconds: IoWait {
+            input: timing.input_wait,
+            output: timing.output_wait,
         },
         images_per_second: summary.restored as f64 / total.max(1e-12),
         nfe: sampler.nfe() * summary.restored,
