@@ -672,3 +672,171 @@ fn the_output_folder_may_not_be_the_input_folder() {
     let before = std::fs::read(input.join("x.png")).unwrap();
     assert_eq!(std::fs::read(input.join("x.png")).unwrap(), before);
 }
+
+/// [`Half`] that sets `stop` during its `at`-th call (1-based), as a signal arriving mid-batch would.
+struct StopAt {
+    calls: std::sync::atomic::AtomicUsize,
+    at: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Denoiser for StopAt {
+    fn engine(&self) -> String {
+        "test/half".into()
+    }
+    fn predict(&self, x: ArrayView4<f64>, t: &[f64]) -> Result<Array4<f64>> {
+        use std::sync::atomic::Ordering;
+        if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+        Half.predict(x, t)
+    }
+    fn has_vjp(&self) -> bool {
+        true
+    }
+    fn vjp(
+        &self,
+        x: ArrayView4<f64>,
+        t: &[f64],
+        cot: ArrayView4<f64>,
+    ) -> Result<(Array4<f64>, Array4<f64>)> {
+        Half.vjp(x, t, cot)
+    }
+}
+
+/// [`Seeded`], then one more network call whose result is unused: the same outputs with two network
+/// calls per batch, so a stop can fall between the calls of one batch.
+struct TwoCalls;
+
+impl Sampler for TwoCalls {
+    fn name(&self) -> &'static str {
+        "two-calls"
+    }
+    fn nfe(&self) -> usize {
+        2
+    }
+    fn sample(&self, net: &Network, problems: &mut [Problem]) -> Result<Vec<Img>> {
+        let xs = Seeded.sample(net, problems)?;
+        net.eps(&xs, 0.5, 0.8, 0.6)?;
+        Ok(xs)
+    }
+}
+
+#[test]
+fn a_stopped_run_finishes_sampled_batches_discards_the_rest_and_resumes() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    make_inputs(&input);
+    // Batches of 4 in one window: the 13 images of 8x8 first (4, 4, 4, 1), then the 7 of 12x10 (4, 3).
+    let s = spec(SPEC, &["runtime.batch_size=4", "runtime.threads=2"]);
+    let full = tmp.path().join("full");
+    run(&s, info(1, None), &input, &full, None);
+    let reference = files(&full);
+    assert_eq!(reference.len(), 20);
+
+    // (sampler, network call that stops the run, images restored before the stop). One call per batch:
+    // the stop comes during batch 2's call, which completes, so batches 1 and 2 are written. Two calls
+    // per batch: the stop comes during batch 2's first call, its second call is refused, and batch 2 is
+    // discarded unrecorded. Stop set before the run: nothing is done.
+    let cases: [(&dyn Sampler, usize, usize); 3] =
+        [(&Seeded, 2, 8), (&TwoCalls, 3, 4), (&Seeded, 0, 0)];
+    for (case, (sampler, at, restored)) in cases.into_iter().enumerate() {
+        let stop = Arc::new(AtomicBool::new(at == 0));
+        let net = StopAt {
+            calls: AtomicUsize::new(0),
+            at,
+            stop: stop.clone(),
+        };
+        let engine = Engine {
+            model: info(1, None),
+            denoiser: &net,
+            sampler,
+            build_operator: &factory,
+        };
+        let out = tmp.path().join(format!("out{case}"));
+        let opts = RunOptions {
+            input: Some(input.clone()),
+            output: Some(out.clone()),
+            stop: Some(stop),
+            ..Default::default()
+        };
+        let sum = pipeline::run_with(&s, &opts, &engine).unwrap();
+        assert!(sum.interrupted, "case {case}");
+        assert_eq!(
+            (sum.restored, sum.skipped, sum.failed, sum.remaining),
+            (restored, 0, 0, 20 - restored),
+            "case {case}: {:?}",
+            sum.failures
+        );
+        // Only complete outputs, each exactly the uninterrupted one; no temporaries.
+        let got = files(&out);
+        assert_eq!(got.len(), restored, "case {case}");
+        for g in &got {
+            assert!(
+                reference.contains(g),
+                "case {case}: {} differs",
+                g.0.display()
+            );
+        }
+        // The manifest has one restored record per output written, and nothing else.
+        let m = manifest(&out);
+        assert_eq!(m.len(), restored, "case {case}");
+        for r in &m {
+            assert_eq!(r["status"], "restored");
+            assert!(Path::new(r["output"].as_str().unwrap()).is_file());
+        }
+        // A rerun does the rest, to the same bytes.
+        let sum = run(&s, info(1, None), &input, &out, None);
+        assert!(!sum.interrupted);
+        assert_eq!(
+            (sum.restored, sum.skipped, sum.remaining),
+            (20 - restored, restored, 0)
+        );
+        assert_eq!(
+            files(&out),
+            reference,
+            "case {case}: resumed outputs differ"
+        );
+        assert_eq!(manifest(&out).len(), 20 + restored);
+    }
+}
+
+#[test]
+fn the_manifest_order_does_not_depend_on_the_overlap() {
+    // Decode failures travel through the pipeline in their place: a window's failures come first, then
+    // its batches (shape groups in shape order, input order within a group), window after window.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    make_inputs(&input);
+    for k in [0, 5, 33] {
+        std::fs::write(input.join(format!("b/zz{k}.png")), b"not a png").unwrap();
+    }
+    let mut orders = Vec::new();
+    for (i, (batch, threads)) in [(1, 1), (4, 2), (8, 1)].into_iter().enumerate() {
+        let out = tmp.path().join(format!("out{i}"));
+        let s = spec(
+            SPEC,
+            &[
+                &format!("runtime.batch_size={batch}"),
+                &format!("runtime.threads={threads}"),
+            ],
+        );
+        let sum = run(&s, info(1, None), &input, &out, None);
+        assert_eq!((sum.restored, sum.failed), (20, 3));
+        let m = manifest(&out);
+        // Every window (32 inputs: all 23 here) records its 3 failures first, in input order.
+        let statuses: Vec<_> = m.iter().map(|r| r["status"].as_str().unwrap()).collect();
+        assert_eq!(statuses[..3], ["failed"; 3], "batch {batch}");
+        assert!(m[0]["input"].as_str().unwrap().ends_with("b/zz0.png"));
+        assert!(m[2]["input"].as_str().unwrap().ends_with("b/zz5.png"));
+        let inputs: Vec<String> = m
+            .iter()
+            .map(|r| r["input"].as_str().unwrap().to_string())
+            .collect();
+        orders.push(inputs);
+    }
+    assert_eq!(orders[0], orders[1]);
+    assert_eq!(orders[0], orders[2]);
+}

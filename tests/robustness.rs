@@ -1,8 +1,8 @@
 //! Robustness of `conjure run` against hostile and broken inputs (issue 8): corrupt, truncated, empty and
 //! mislabelled files, decompression bombs, odd sizes and pixel formats, symbolic-link loops, unreadable
 //! files and strange file names; hostile and wrong specs and model folders; NaN from the network, an
-//! unwritable or full output folder, repeated SIGKILLs with resume; and outputs that must stay inside the
-//! output folder.
+//! unwritable or full output folder, repeated SIGKILLs with resume, SIGINT / SIGTERM stopping cleanly
+//! (exit 130 / 143); and outputs that must stay inside the output folder.
 //!
 //! Each bad input must fail alone: the run goes on with the others, exits 1, the manifest names the file
 //! and the problem, and no output or temporary file is left for it. Cases that need privileges this
@@ -1070,6 +1070,66 @@ fn a_full_disk_fails_the_images_that_do_not_fit_and_leaves_no_partial_file() {
     assert_eq!(temps(&out), Vec::<PathBuf>::new());
 }
 
+/// Complete outputs under `dir` (relative path → bytes): temporaries and the manifest excluded.
+fn outputs(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    files(dir)
+        .into_iter()
+        .filter(|(p, _)| !imageio::is_temp_path(p))
+        .collect()
+}
+
+/// `conjure run SPEC` on the embedded engine, quiet, in the background, stderr captured.
+fn spawn_run(spec: &Path, input: &Path, output: &Path, extra: &[&str]) -> std::process::Child {
+    std::process::Command::new(bin())
+        .env_remove("RUST_LOG")
+        .arg("run")
+        .arg(spec)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(["--quiet", "--set", "runtime.engine=tract"])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait until `child` has written more than `before` complete outputs to `out`; false if it exited
+/// first.
+fn wait_for_new_output(child: &mut std::process::Child, out: &Path, before: usize) -> bool {
+    loop {
+        if out.exists() && outputs(out).len() > before {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Send a signal (`INT`, `TERM`) to a process, with kill(1).
+fn send_signal(child: &std::process::Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+/// Every complete output under `out` is byte-identical to the reference's, and manifest lines are whole.
+fn assert_untorn(out: &Path, reference: &[(PathBuf, Vec<u8>)], what: &str) {
+    for o in outputs(out) {
+        assert!(reference.contains(&o), "{what}: {} is torn", o.0.display());
+    }
+    if out.join("conjure-manifest.jsonl").exists() {
+        manifest(out);
+    }
+}
+
 #[test]
 fn repeated_sigkill_then_resume_ends_complete_and_identical() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1095,50 +1155,113 @@ fn repeated_sigkill_then_resume_ends_complete_and_identical() {
     let reference = files(&full);
     assert_eq!(reference.len(), names.len());
 
+    // Each round is killed while restoring: once it has written a new output, after a random delay of up
+    // to about one image's time (decode, sampling, encode, write, rename and manifest all get hit), so
+    // every round makes progress and no kill is wasted on model loading.
     let out = tmp.path().join("out");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
-    let max_ms = (t_full.as_millis() as u64 * 5 / 4).max(20);
-    for round in 0..10 {
-        let delay = Duration::from_millis(rng.random_range(0..max_ms));
-        let mut child = std::process::Command::new(bin())
-            .arg("run")
-            .arg(&s)
-            .arg("--input")
-            .arg(&y)
-            .arg("--output")
-            .arg(&out)
-            .args([
-                "--quiet",
-                "--set",
-                "runtime.engine=tract",
-                "--set",
-                "sampler.steps=4",
-            ])
-            .args(&args[2..])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        let _ = child.kill(); // SIGKILL
+    let max_ms = (t_full.as_millis() as u64 / names.len() as u64).max(5);
+    let mut kills = 0;
+    for round in 0..names.len() {
+        let before = if out.exists() { outputs(&out).len() } else { 0 };
+        let mut child = spawn_run(&s, &y, &out, &args);
+        if wait_for_new_output(&mut child, &out, before) {
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..max_ms)));
+            let _ = child.kill(); // SIGKILL
+            kills += 1;
+        }
         let _ = child.wait();
-        if !out.exists() {
-            continue;
+        // Whatever the kill left, every complete output is exactly the reference, manifest lines whole.
+        assert_untorn(&out, &reference, &format!("round {round}"));
+        if outputs(&out).len() == names.len() {
+            break;
         }
-        // Whatever the kill left, every complete output is exactly the reference.
-        for (rel, bytes) in files(&out) {
-            if !imageio::is_temp_path(&rel) {
-                assert!(
-                    reference.contains(&(rel.clone(), bytes)),
-                    "round {round}: {} is torn",
-                    rel.display()
-                );
-            }
+    }
+    assert!(kills >= 1);
+    let o = run(&s, &y, &out, &args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        files(&out),
+        reference,
+        "resumed outputs differ, or temporaries remain"
+    );
+}
+
+#[test]
+fn sigint_and_sigterm_stop_cleanly_and_a_rerun_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let y = tmp.path().join("y");
+    let n = 12;
+    for k in 0..n {
+        put(
+            &y.join(format!("{}/img{k:02}.png", ["a", "b"][k % 2])),
+            &png(k, 32, 32),
+        );
+    }
+    let s = spec("denoise-c-pigdm.yaml");
+    let args = ["--set", "sampler.steps=3", "--set", "runtime.batch_size=2"];
+    let full = tmp.path().join("full");
+    let o = run(&s, &y, &full, &args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let reference = files(&full);
+    assert_eq!(reference.len(), n);
+
+    // SIGINT, then SIGTERM on the resumed run: each lands once the run has written a new output (the
+    // batches left take far longer than the few milliseconds between that write and the signal).
+    let out = tmp.path().join("out");
+    let mut done = 0;
+    for (round, (signal, code)) in [("INT", 130), ("TERM", 143)].into_iter().enumerate() {
+        let mut child = spawn_run(&s, &y, &out, &args);
+        assert!(
+            wait_for_new_output(&mut child, &out, done),
+            "SIG{signal}: the run ended before it could be interrupted"
+        );
+        send_signal(&child, signal);
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "SIG{signal}: {err}");
+        assert!(
+            err.contains(&format!("interrupted by SIG{signal}"))
+                && err.contains("not done, rerun the same command to resume"),
+            "SIG{signal}: {err}"
+        );
+        // No temporaries; only complete outputs, each byte-identical to the uninterrupted run's.
+        assert_eq!(temps(&out), Vec::<PathBuf>::new(), "SIG{signal}");
+        let got = outputs(&out);
+        assert!(
+            got.len() > done && got.len() < n,
+            "SIG{signal}: {} outputs",
+            got.len()
+        );
+        assert_untorn(&out, &reference, &format!("SIG{signal}"));
+        // The manifest: this run skipped what the last one did, restored the outputs it added, and
+        // recorded nothing else; every restored record's output is there.
+        let m = manifest(&out);
+        let status = |st: &str| m.iter().filter(|r| r["status"] == st).count();
+        assert_eq!(status("restored"), got.len(), "SIG{signal}: {m:?}");
+        assert_eq!(status("skipped"), done, "SIG{signal}");
+        assert_eq!(m.len(), got.len() + done);
+        for r in m.iter().filter(|r| r["status"] == "restored") {
+            assert!(Path::new(r["output"].as_str().unwrap()).is_file());
         }
-        // Manifest lines are whole.
-        if out.join("conjure-manifest.jsonl").exists() {
-            manifest(&out);
-        }
+        let summary = format!("restored {}, skipped {done}, failed 0", got.len() - done);
+        assert!(err.contains(&summary), "round {round}: {err}");
+        assert!(err.contains(&format!("{} input", n - got.len())), "{err}");
+        done = got.len();
+    }
+
+    // A second SIGINT exits at once (130); whatever it leaves is untorn, and the rerun removes its
+    // temporaries and completes the rest to the same bytes.
+    let mut child = spawn_run(&s, &y, &out, &args);
+    if wait_for_new_output(&mut child, &out, done) {
+        send_signal(&child, "INT");
+        std::thread::sleep(Duration::from_millis(2));
+        send_signal(&child, "INT");
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+        assert_untorn(&out, &reference, "second SIGINT");
+    } else {
+        let _ = child.wait();
     }
     let o = run(&s, &y, &out, &args);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

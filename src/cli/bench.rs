@@ -10,14 +10,21 @@
 //! * `network_forward`, `network_vjp` — inside the engine's forward / VJP calls;
 //! * `sampler` — inside the sampler minus the network: sampler math, coefficient (Φ) setup, operators,
 //!   tiling and the f64↔f32 batch conversion;
-//! * `io` — decode + measurement preparation + encode + atomic write, measured per image on the worker
-//!   threads (`io_thread_seconds`, from the manifest's per-image seconds minus the sampling share) and
-//!   divided by the worker count: the wall time those phases would take with every worker busy;
-//! * `idle` — the rest of the run: input discovery, manifest writes, workers waiting on each other.
+//! * `io` — I/O the network waited for: the network thread blocked on the decode thread (the first
+//!   batch, and any batch not decoded in time) or on the write thread (a full hand-off queue, and the
+//!   last batch's encode + write after sampling ended). Decoding and writing run on their own threads
+//!   while the network works, so this is only the I/O that was *not* hidden behind the network;
+//! * `idle` — the rest of the network thread's time: input discovery, planning, skip records, starting
+//!   the threads, building each batch's problems.
 //!
 //! `total` = the wall time of the pipeline (model loading and sampler construction are `setup`,
 //! reported apart). The four parts sum to `total` by construction. `overhead_ratio` =
 //! (total − network) / network. `peak_rss_bytes` is the process high-water mark (`VmHWM`).
+//!
+//! All the I/O work, hidden or not, is reported beside the split: `io_busy_seconds` = the wall seconds
+//! the decode and the write thread were busy (each on the rayon pool), and `io_thread_seconds` = the
+//! decode, prepare, encode and write time summed over images (thread-seconds, from the manifest's
+//! per-image seconds minus the sampling share).
 //!
 //! `--analytic` swaps the network for the exact Gaussian-prior denoiser of the model's kind,
 //! parameterization and time input (prior N(0, 0.25 I) at the model's image size): the network time is
@@ -74,10 +81,31 @@ pub struct Seconds {
     pub network_vjp: f64,
     pub network: f64,
     pub sampler: f64,
+    /// I/O the network thread waited for (decode not ready, write queue full, last write); the I/O
+    /// hidden behind the network is not in it (see `io_busy_seconds`).
     pub io: f64,
+    /// The rest of the network thread's time (discovery, planning, thread start, batch set-up).
     pub idle: f64,
     /// Model loading and sampler construction (not part of `total`).
     pub setup: f64,
+}
+
+/// Wall seconds the I/O threads were busy.
+#[derive(Debug, Serialize)]
+pub struct IoBusy {
+    /// Decode, measurements and operators, batching.
+    pub decode: f64,
+    /// Encode, atomic write, manifest record.
+    pub write: f64,
+}
+
+/// Wall seconds the network thread waited on the I/O threads.
+#[derive(Debug, Serialize)]
+pub struct IoWait {
+    /// For the next decoded batch (the first one included).
+    pub input: f64,
+    /// To hand a batch to the write thread, and for the last writes after sampling ended.
+    pub output: f64,
 }
 
 /// Network calls seen by the timing decorator (images = batch entries or tiles).
@@ -109,6 +137,11 @@ pub struct BenchReport {
     pub seconds: Seconds,
     /// Decode + prepare + encode + write, summed over images (thread-seconds).
     pub io_thread_seconds: f64,
+    /// Wall seconds the decode and write threads were busy, overlapping the network (not part of
+    /// `total`'s split: `seconds.io` is the part of it the network waited for).
+    pub io_busy_seconds: IoBusy,
+    /// `seconds.io` split: the network thread waiting for decoded input vs. for the write thread.
+    pub io_wait_seconds: IoWait,
     pub images_per_second: f64,
     /// NFE as the paper counts it (a step with a VJP counts once): the sampler's NFE/image × images
     /// restored, e.g. steps × images for C-ΠGDM.
@@ -335,6 +368,7 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         shard: None,
         manifest: Some(manifest.clone()),
         progress: ProgressMode::Quiet,
+        stop: None,
     };
     let threads = if spec.runtime.threads > 0 {
         spec.runtime.threads
@@ -361,9 +395,9 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let sampling = timed_sampler.nanos.load(Ordering::Relaxed) as f64 * 1e-9;
     let network = net.seconds();
     let sampler_s = (sampling - network).max(0.0);
-    let outside = (total - sampling).max(0.0);
     let io_thread = (image_seconds - sampling).max(0.0);
-    let io = (io_thread / threads.max(1) as f64).min(outside);
+    let timing = summary.timing;
+    let io = (timing.input_wait + timing.output_wait).min((total - network - sampler_s).max(0.0));
     let idle = (total - network - sampler_s - io).max(0.0);
     let (engine_name, provider) = engine_provider(&timed.engine());
     Ok(BenchReport {
@@ -390,6 +424,14 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             setup,
         },
         io_thread_seconds: io_thread,
+        io_busy_seconds: IoBusy {
+            decode: timing.decode_busy,
+            write: timing.write_busy,
+        },
+        io_wait_seconds: IoWait {
+            input: timing.input_wait,
+            output: timing.output_wait,
+        },
         images_per_second: summary.restored as f64 / total.max(1e-12),
         nfe: sampler.nfe() * summary.restored,
         network_evaluations: evaluations,
@@ -438,12 +480,20 @@ pub fn render(r: &BenchReport) -> String {
         ("network forward", s.network_forward),
         ("network vjp", s.network_vjp),
         ("sampler + operators", s.sampler),
-        ("i/o (decode/encode)", s.io),
+        ("waiting for i/o", s.io),
         ("idle", s.idle),
     ] {
         o += &format!("  {name:<20} {v:>10.4} s  {:>6.2} %\n", pct(v, s.total));
     }
     o += &format!("  {:<20} {:>10.4} s\n", "total", s.total);
+    let busy = &r.io_busy_seconds;
+    o += &format!(
+        "  {:<20} {:>10.4} s (decode {:.4} s, encode + write {:.4} s; overlaps the network, not in total)\n",
+        "i/o threads busy",
+        busy.decode + busy.write,
+        busy.decode,
+        busy.write
+    );
     o += &format!("  {:<20} {:>10.4} s (not in total)\n", "setup", s.setup);
     o += &format!(
         "images/s {:.2}   NFE {} ({} network evaluations)   overhead {:.2} % of network time\n",

@@ -8,13 +8,14 @@ use anyhow::anyhow;
 use clap::{Parser, Subcommand};
 
 use conjure::model::card::ModelCard;
-use conjure::pipeline::{self, ModelInfo, ProgressMode, RunOptions, Shard};
+use conjure::pipeline::{self, ModelInfo};
 use conjure::spec::{Override, PipelineSpec};
 
 mod bench;
 mod eval;
 mod inspect;
 mod manifest;
+mod run;
 mod study;
 
 /// Exit status: every input restored or skipped.
@@ -23,6 +24,10 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED_INPUTS: i32 = 1;
 /// Exit status: usage, spec or model error (nothing ran).
 pub const EXIT_USAGE: i32 = 2;
+/// Exit status of `run` stopped by SIGINT (128 + 2): finished outputs kept, rerun to resume.
+pub const EXIT_SIGINT: i32 = 130;
+/// Exit status of `run` stopped by SIGTERM (128 + 15): finished outputs kept, rerun to resume.
+pub const EXIT_SIGTERM: i32 = 143;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -205,51 +210,16 @@ fn dispatch(cmd: Command) -> Result<i32, Failure> {
             overwrite,
             quiet,
             manifest,
-        } => {
-            let spec = load_spec(&spec, &set)?;
-            let shard = match shard {
-                Some(s) => Some(Shard::parse(&s)?),
-                None => Shard::from_env(|k| std::env::var(k).ok())?,
-            };
-            let progress = if quiet {
-                ProgressMode::Quiet
-            } else if std::io::stderr().is_terminal() {
-                ProgressMode::Bars
-            } else {
-                ProgressMode::Log
-            };
-            let opts = RunOptions {
-                input,
-                output,
-                overwrite,
-                shard,
-                manifest,
-                progress,
-            };
-            let s = pipeline::run(&spec, &opts)?;
-            let line = format!(
-                "restored {}, skipped {}, failed {} in {:.1} s (engine {}) -> {}",
-                s.restored,
-                s.skipped,
-                s.failed,
-                s.seconds,
-                s.engine,
-                s.output.display()
-            );
-            if s.failed > 0 {
-                eprintln!("conjure: {line}");
-                eprintln!("failed inputs (details in {}):", s.manifest.display());
-                for (p, e) in &s.failures {
-                    eprintln!("  {}: {e}", p.display());
-                }
-                Ok(EXIT_FAILED_INPUTS)
-            } else {
-                if !quiet {
-                    eprintln!("conjure: {line}");
-                }
-                Ok(EXIT_OK)
-            }
-        }
+        } => run::run(run::RunArgs {
+            spec,
+            input,
+            output,
+            set,
+            shard,
+            overwrite,
+            quiet,
+            manifest,
+        }),
         Command::Validate { spec: path, set } => {
             let spec = load_spec(&path, &set)?;
             let card = ModelCard::load(&spec.model)?;

@@ -9,14 +9,31 @@
 //! complete outputs plus temporaries that the next run removes. One failing input is recorded in the
 //! manifest and the run goes on.
 //!
+//! **Pipelining (issue 6).** The three stages run on their own threads, linked by bounded channels of
+//! depth 1: a *decode* thread prepares window k+1 while the *network* thread (the caller's) samples a
+//! batch of window k, and a *write* thread encodes, writes and records the batch sampled before it. The
+//! decode and write stages use the rayon pool (`runtime.threads`); at most one window is decoded ahead,
+//! so memory stays flat in the number of images. Every message (a batch, or an input that failed to
+//! decode) passes through the same channels in input-window order, so the manifest lists records in the
+//! same order as a sequential run would, and a batch's composition does not depend on the overlap. The
+//! time the network thread waits on the other two is reported in [`RunTiming`].
+//!
+//! **Stopping (issue 8).** [`RunOptions::stop`] is a flag a signal handler (or any thread) may set. The
+//! run then takes no new batch: batches already sampled are written and recorded, the batch in the
+//! network is abandoned at its next network evaluation and discarded, decoded batches are dropped; no
+//! output is half-written (write + rename) and no temporary is left, the manifest holds a record for
+//! every input finished, and [`RunSummary::interrupted`] says so. A rerun resumes with the inputs left.
+//!
 //! **Determinism.** Every image's random stream is seeded by [`image_seed`]`(seed, path relative to the
 //! input root)`; samplers keep per-sample computations per sample; so outputs do not depend on batch size,
-//! batch composition, thread count, shard or order (as long as the network itself returns the same
-//! numbers for a sample whatever the batch, which the analytic and ONNX backends do).
+//! batch composition, thread count, shard, order or overlap (as long as the network itself returns the
+//! same numbers for a sample whatever the batch, which the analytic and ONNX backends do).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -234,6 +251,10 @@ pub struct RunOptions {
     /// Manifest file (default [`default_manifest`]: `<output>/conjure-manifest.jsonl`, one per shard).
     pub manifest: Option<PathBuf>,
     pub progress: ProgressMode,
+    /// Stop request: once `true` (set by a SIGINT / SIGTERM handler, say), the run takes no new batch,
+    /// writes and records what is already sampled, discards the batch in the network and returns with
+    /// [`RunSummary::interrupted`] set. `None`: the run cannot be stopped this way.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl Default for RunOptions {
@@ -245,6 +266,7 @@ impl Default for RunOptions {
             shard: None,
             manifest: None,
             progress: ProgressMode::Quiet,
+            stop: None,
         }
     }
 }
@@ -262,6 +284,30 @@ pub struct RunSummary {
     pub engine: String,
     pub manifest: PathBuf,
     pub output: PathBuf,
+    /// The run was stopped ([`RunOptions::stop`]) with `remaining` inputs not done.
+    pub interrupted: bool,
+    /// Inputs of this run that were neither restored, skipped nor failed (nonzero only when interrupted);
+    /// a rerun with `io.skip_existing` does them.
+    pub remaining: usize,
+    /// Where the run loop's wall time went.
+    pub timing: RunTiming,
+}
+
+/// Where the run loop's wall time went, seen from the network thread and from the two I/O threads
+/// (seconds). `conjure bench` reports the network thread's waits as the I/O it could not hide.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RunTiming {
+    /// The network thread waited for the next decoded batch (the first one included).
+    pub input_wait: f64,
+    /// The network thread waited to hand a sampled batch to the write thread, and, after the last batch,
+    /// for the write thread to finish.
+    pub output_wait: f64,
+    /// The decode thread was busy: decoding, measurements, operators, grouping (wall seconds, on the
+    /// rayon pool, overlapping the network).
+    pub decode_busy: f64,
+    /// The write thread was busy: encoding, atomic writes, manifest records (wall seconds, on the rayon
+    /// pool, overlapping the network).
+    pub write_busy: f64,
 }
 
 /// One input file.
@@ -537,6 +583,46 @@ struct Ctx<'a> {
     /// Operators for masks shared by all images, by x shape.
     op_cache: Mutex<HashMap<[usize; 3], OperatorRef>>,
     init_noise: Option<ndarray::ArrayD<f64>>,
+    /// [`RunOptions::stop`]: checked before every network evaluation.
+    stop: Option<&'a AtomicBool>,
+}
+
+/// The run's network, refusing every evaluation once the run is stopped, so that a stop cuts a batch
+/// short at its next network call instead of after its last step (the batch is then discarded).
+struct Stoppable<'a> {
+    inner: &'a dyn Denoiser,
+    stop: &'a AtomicBool,
+}
+
+impl Stoppable<'_> {
+    fn check(&self) -> Result<()> {
+        match self.stop.load(Ordering::SeqCst) {
+            true => Err(Error::Unsupported("the run was stopped".into())),
+            false => Ok(()),
+        }
+    }
+}
+
+impl Denoiser for Stoppable<'_> {
+    fn engine(&self) -> String {
+        self.inner.engine()
+    }
+    fn predict(&self, x: ndarray::ArrayView4<f64>, t: &[f64]) -> Result<ndarray::Array4<f64>> {
+        self.check()?;
+        self.inner.predict(x, t)
+    }
+    fn has_vjp(&self) -> bool {
+        self.inner.has_vjp()
+    }
+    fn vjp(
+        &self,
+        x: ndarray::ArrayView4<f64>,
+        t: &[f64],
+        cot: ndarray::ArrayView4<f64>,
+    ) -> Result<(ndarray::Array4<f64>, ndarray::Array4<f64>)> {
+        self.check()?;
+        self.inner.vjp(x, t, cot)
+    }
 }
 
 impl Ctx<'_> {
@@ -647,6 +733,11 @@ impl Ctx<'_> {
                 xs.into_iter().map(|x| Ok((x, nfe, per))).collect()
             }
             Err(e) if batch.len() == 1 => vec![Err(e)],
+            // Stopped: the batch is discarded, no retry.
+            Err(_) if is_stopped(self.stop) => batch
+                .iter()
+                .map(|_| Err(Error::Unsupported("the run was stopped".into())))
+                .collect(),
             Err(_) => batch
                 .iter()
                 .flat_map(|p| self.sample(std::slice::from_ref(p)))
@@ -656,8 +747,16 @@ impl Ctx<'_> {
 
     fn sample_once(&self, batch: &[&Prepared]) -> Result<(Vec<Img>, usize)> {
         let m = &self.engine.model;
+        let stoppable = self.stop.map(|stop| Stoppable {
+            inner: self.engine.denoiser,
+            stop,
+        });
+        let denoiser: &dyn Denoiser = match &stoppable {
+            Some(s) => s,
+            None => self.engine.denoiser,
+        };
         let net = Network::new(
-            self.engine.denoiser,
+            denoiser,
             m.kind,
             m.param,
             m.time,
@@ -975,24 +1074,58 @@ impl Sampler for Idle {
 
 /// Run a spec with a given engine (network, sampler, operator factory). Errors returned here mean nothing
 /// ran (usage, spec, model, output folder); per-input failures are in the summary and the manifest.
+///
+/// The network runs on the calling thread; decoding and writing run on two threads of their own that use
+/// a pool of `runtime.threads` rayon threads (0 = the global pool), see the module documentation.
 pub fn run_with(spec: &PipelineSpec, opts: &RunOptions, engine: &Engine) -> Result<RunSummary> {
-    if spec.runtime.threads > 0 {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(spec.runtime.threads)
-            .build()
-            .map_err(|e| {
-                Error::Unsupported(format!(
-                    "cannot start {} threads: {e}",
-                    spec.runtime.threads
-                ))
-            })?;
-        pool.install(|| run_inner(spec, opts, engine))
-    } else {
-        run_inner(spec, opts, engine)
+    // Not `pool.install(run)`: the caller's thread runs the network and blocks on the I/O threads, which
+    // in turn wait on the pool; a pool worker blocked that way could starve a one-thread pool.
+    let pool = match spec.runtime.threads {
+        0 => None,
+        n => Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(|i| format!("conjure-io-{i}"))
+                .build()
+                .map_err(|e| Error::Unsupported(format!("cannot start {n} threads: {e}")))?,
+        ),
+    };
+    run_inner(spec, opts, engine, pool.as_ref())
+}
+
+/// `f` on `pool` (or the global rayon pool).
+fn on_pool<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
     }
 }
 
-fn run_inner(spec: &PipelineSpec, opts: &RunOptions, engine: &Engine) -> Result<RunSummary> {
+fn is_stopped(stop: Option<&AtomicBool>) -> bool {
+    stop.is_some_and(|s| s.load(Ordering::SeqCst))
+}
+
+/// What the decode thread hands the network thread, in input-window order.
+enum Decoded {
+    /// An input that could not be prepared (recorded as failed when its turn comes).
+    Failed(Box<PrepareFailure>),
+    /// Same-shape inputs for one sampler call.
+    Batch(Vec<Prepared>),
+}
+
+/// What the network thread hands the write thread, in the same order.
+enum Sampled {
+    Failed(Box<PrepareFailure>),
+    /// The batch and, per image, (x̂, NFE, seconds) or the error.
+    Batch(Vec<Prepared>, Vec<Result<(Img, usize, f64)>>),
+}
+
+fn run_inner(
+    spec: &PipelineSpec,
+    opts: &RunOptions,
+    engine: &Engine,
+    pool: Option<&rayon::ThreadPool>,
+) -> Result<RunSummary> {
     let t0 = Instant::now();
     let (input, output) = resolve_io(spec, opts)?;
     std::fs::create_dir_all(&output).map_err(|e| Error::io(&output, e))?;
@@ -1116,67 +1249,162 @@ fn run_inner(spec: &PipelineSpec, opts: &RunOptions, engine: &Engine) -> Result<
         todo.push(job);
     }
 
+    let stop = opts.stop.as_deref();
     let ctx = Ctx {
         spec,
         engine,
         out_root,
         op_cache: Mutex::new(HashMap::new()),
         init_noise,
+        stop,
     };
     let batch_size = spec.runtime.batch_size.max(1);
     let window = (batch_size * 4).max(32);
-    for jobs in todo.chunks(window) {
-        let prepared: Vec<Result<Prepared, Box<PrepareFailure>>> = jobs
-            .par_iter()
-            .map(|job| ctx.prepare(job.clone()))
-            .collect();
-        let mut ready: Vec<Prepared> = Vec::new();
-        for p in prepared {
-            match p {
-                Ok(p) => ready.push(p),
-                Err(failed) => {
-                    let (job, e, secs) = *failed;
-                    record(&mut summary, &job, "failed", Some(e.to_string()), 0, secs)?
+    let todo_len = todo.len();
+    let ctx = &ctx;
+    let record = &record;
+
+    // Decode thread: window by window (at most one window ahead of the network), failures first, then
+    // same-shape batches in shape order, order within a group following the input order.
+    let decode = move |tx: SyncSender<Decoded>| -> f64 {
+        let mut busy = 0.0;
+        for jobs in todo.chunks(window) {
+            if is_stopped(stop) {
+                break;
+            }
+            let t = Instant::now();
+            let prepared: Vec<Result<Prepared, Box<PrepareFailure>>> = on_pool(pool, || {
+                jobs.par_iter()
+                    .map(|job| ctx.prepare(job.clone()))
+                    .collect()
+            });
+            let mut messages = Vec::new();
+            let mut groups: BTreeMap<[usize; 3], Vec<Prepared>> = BTreeMap::new();
+            for p in prepared {
+                match p {
+                    Ok(p) => groups.entry(p.op.x_shape()).or_default().push(p),
+                    Err(failed) => messages.push(Decoded::Failed(failed)),
+                }
+            }
+            for members in groups.into_values() {
+                let mut members = members.into_iter().peekable();
+                while members.peek().is_some() {
+                    messages.push(Decoded::Batch(members.by_ref().take(batch_size).collect()));
+                }
+            }
+            busy += t.elapsed().as_secs_f64();
+            for m in messages {
+                if tx.send(m).is_err() {
+                    return busy; // the network thread stopped
                 }
             }
         }
-        // Same-shape images share a sampler call; order within a group follows the input order. Each
-        // batch is written as soon as it is sampled, so an interrupted run keeps all finished batches.
-        let mut groups: BTreeMap<[usize; 3], Vec<&Prepared>> = BTreeMap::new();
-        for p in &ready {
-            groups.entry(p.op.x_shape()).or_default().push(p);
-        }
-        for members in groups.values() {
-            for batch in members.chunks(batch_size) {
-                let sampled = ctx.sample(batch);
-                let written: Vec<Outcome> = batch
-                    .par_iter()
-                    .zip(sampled.into_par_iter())
-                    .map(|(p, r)| {
-                        let t = Instant::now();
-                        match r {
-                            Ok((x, nfe, secs)) => ctx
-                                .write(p, &x)
-                                .map(|_| (nfe, p.seconds + secs + t.elapsed().as_secs_f64()))
-                                .map_err(|e| (e.to_string(), p.seconds + secs)),
-                            Err(e) => Err((e.to_string(), p.seconds)),
-                        }
-                    })
-                    .collect();
-                for (p, o) in batch.iter().zip(written) {
-                    match o {
-                        Ok((nfe, secs)) => {
-                            record(&mut summary, &p.job, "restored", None, nfe, secs)?
-                        }
-                        Err((msg, secs)) => {
-                            record(&mut summary, &p.job, "failed", Some(msg), 0, secs)?
+        busy
+    };
+
+    // Write thread: encode + write each sampled batch on the pool, then record it in batch order.
+    let write =
+        move |rx: Receiver<Sampled>, mut summary: RunSummary| -> Result<(RunSummary, usize, f64)> {
+            let (mut done, mut busy) = (0usize, 0.0);
+            for message in rx {
+                let t = Instant::now();
+                match message {
+                    Sampled::Failed(failed) => {
+                        let (job, e, secs) = *failed;
+                        record(&mut summary, &job, "failed", Some(e.to_string()), 0, secs)?;
+                        done += 1;
+                    }
+                    Sampled::Batch(batch, sampled) => {
+                        let written: Vec<Outcome> = on_pool(pool, || {
+                            batch
+                                .par_iter()
+                                .zip(sampled.into_par_iter())
+                                .map(|(p, r)| {
+                                    let t = Instant::now();
+                                    match r {
+                                        Ok((x, nfe, secs)) => ctx
+                                            .write(p, &x)
+                                            .map(|_| {
+                                                (nfe, p.seconds + secs + t.elapsed().as_secs_f64())
+                                            })
+                                            .map_err(|e| (e.to_string(), p.seconds + secs)),
+                                        Err(e) => Err((e.to_string(), p.seconds)),
+                                    }
+                                })
+                                .collect()
+                        });
+                        for (p, o) in batch.iter().zip(written) {
+                            match o {
+                                Ok((nfe, secs)) => {
+                                    record(&mut summary, &p.job, "restored", None, nfe, secs)?
+                                }
+                                Err((msg, secs)) => {
+                                    record(&mut summary, &p.job, "failed", Some(msg), 0, secs)?
+                                }
+                            }
+                            done += 1;
                         }
                     }
                 }
+                busy += t.elapsed().as_secs_f64();
             }
+            Ok((summary, done, busy))
+        };
+
+    // Network thread (this one): sample each batch as it comes; an input that failed to decode passes
+    // through in its place in the order. Once stopped, nothing new is taken and a batch the stop cut
+    // short is dropped unrecorded (a rerun does it).
+    let (mut summary, done, timing) = std::thread::scope(|s| -> Result<_> {
+        let (decoded_tx, decoded_rx) = sync_channel::<Decoded>(1);
+        let (sampled_tx, sampled_rx) = sync_channel::<Sampled>(1);
+        let decoder = s.spawn(move || decode(decoded_tx));
+        let writer = s.spawn(move || write(sampled_rx, summary));
+        let mut timing = RunTiming::default();
+        loop {
+            let t = Instant::now();
+            let Ok(message) = decoded_rx.recv() else {
+                break;
+            };
+            timing.input_wait += t.elapsed().as_secs_f64();
+            if is_stopped(stop) {
+                break;
+            }
+            let sampled = match message {
+                Decoded::Failed(failed) => Sampled::Failed(failed),
+                Decoded::Batch(batch) => {
+                    let refs: Vec<&Prepared> = batch.iter().collect();
+                    let results = ctx.sample(&refs);
+                    drop(refs);
+                    if is_stopped(stop) && results.iter().any(|r| r.is_err()) {
+                        break;
+                    }
+                    Sampled::Batch(batch, results)
+                }
+            };
+            let t = Instant::now();
+            if sampled_tx.send(sampled).is_err() {
+                break; // the write thread stopped on an error, returned below
+            }
+            timing.output_wait += t.elapsed().as_secs_f64();
         }
-    }
+        drop(decoded_rx);
+        drop(sampled_tx);
+        let t = Instant::now();
+        let written = writer
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        timing.output_wait += t.elapsed().as_secs_f64();
+        timing.decode_busy = decoder
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let (summary, done, write_busy) = written?;
+        timing.write_busy = write_busy;
+        Ok((summary, done, timing))
+    })?;
     progress.finish();
+    summary.remaining = todo_len - done;
+    summary.interrupted = summary.remaining > 0 && is_stopped(stop);
+    summary.timing = timing;
     summary.seconds = t0.elapsed().as_secs_f64();
     Ok(summary)
 }
