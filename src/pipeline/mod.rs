@@ -640,19 +640,7 @@ impl Ctx<'_> {
         h: usize,
         w: usize,
     ) -> Result<Option<ndarray::Array2<f64>>> {
-        let Some(m) = &self.spec.task.mask else {
-            return Ok(None);
-        };
-        if let Some(g) = m.generate(h, w, seed)? {
-            return Ok(Some(g));
-        }
-        match m {
-            MaskSpec::File { path } => imageio::load_mask(path, h, w).map(Some),
-            MaskSpec::PerImage { dir } => {
-                imageio::load_mask(&dir.join(rel).with_extension("png"), h, w).map(Some)
-            }
-            _ => unreachable!("generated above"),
-        }
+        task_mask(self.spec, rel, seed, h, w)
     }
 
     fn operator(&self, rel: &Path, seed: u64, x_shape: [usize; 3]) -> Result<OperatorRef> {
@@ -1417,6 +1405,42 @@ pub struct DegradeSummary {
     pub masks: Option<PathBuf>,
 }
 
+/// The inpainting mask of the input at `rel` (relative to the input root) for an `h`×`w` image: generated
+/// from the image's seed, or loaded from the spec's file / per-image folder; `None` for other operators.
+pub fn task_mask(
+    spec: &PipelineSpec,
+    rel: &Path,
+    seed: u64,
+    h: usize,
+    w: usize,
+) -> Result<Option<ndarray::Array2<f64>>> {
+    let Some(m) = &spec.task.mask else {
+        return Ok(None);
+    };
+    if let Some(g) = m.generate(h, w, seed)? {
+        return Ok(Some(g));
+    }
+    match m {
+        MaskSpec::File { path } => imageio::load_mask(path, h, w).map(Some),
+        MaskSpec::PerImage { dir } => {
+            imageio::load_mask(&dir.join(rel).with_extension("png"), h, w).map(Some)
+        }
+        _ => unreachable!("generated above"),
+    }
+}
+
+/// Add Gaussian measurement noise of std `sigma` to `y` from the image's own stream (seeded by its seed,
+/// apart from the sampler's and the mask's streams).
+pub fn add_measurement_noise(y: &mut Img, sigma: f64, seed: u64) {
+    if sigma > 0.0 {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x6e6f_6973_655f_7921);
+        y.mapv_inplace(|v| {
+            let n: f64 = StandardNormal.sample(&mut rng);
+            v + sigma * n
+        });
+    }
+}
+
 /// Make measurements y = H x + σ_y n from clean images (interface.md §1, `conjure degrade`).
 ///
 /// Each clean image is converted to the model's channels and value range, degraded with the spec's
@@ -1446,31 +1470,10 @@ pub fn degrade(
                     model.value_range,
                 );
                 let seed = image_seed(spec.seed, &item.rel);
-                let mask = match &spec.task.mask {
-                    None => None,
-                    Some(m) => match m.generate(h, w, seed)? {
-                        Some(g) => Some(g),
-                        None => Some(match m {
-                            MaskSpec::File { path } => imageio::load_mask(path, h, w)?,
-                            MaskSpec::PerImage { dir } => imageio::load_mask(
-                                &dir.join(&item.rel).with_extension("png"),
-                                h,
-                                w,
-                            )?,
-                            _ => unreachable!(),
-                        }),
-                    },
-                };
+                let mask = task_mask(spec, &item.rel, seed, h, w)?;
                 let op = build_operator(&spec.degradation(mask.clone())?, [model.channels, h, w])?;
                 let mut y = op.forward(&x);
-                if spec.task.noise_sigma > 0.0 {
-                    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x6e6f_6973_655f_7921);
-                    let s = spec.task.noise_sigma;
-                    y.mapv_inplace(|v| {
-                        let n: f64 = StandardNormal.sample(&mut rng);
-                        v + s * n
-                    });
-                }
+                add_measurement_noise(&mut y, spec.task.noise_sigma, seed);
                 let (_, yh, yw) = y.dim();
                 let out_pic = Picture {
                     color: imageio::from_model(&y, model.value_range),

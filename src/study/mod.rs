@@ -32,9 +32,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::Array3;
-use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
-use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -44,11 +41,11 @@ use crate::metrics;
 use crate::model::tiled::{TileConfig, TiledDenoiser};
 use crate::model::{JacobianMode, Network};
 use crate::operators::{Img, OperatorRef};
-use crate::pipeline::{check_model, discover, ModelInfo};
+use crate::pipeline::{add_measurement_noise, check_model, discover, task_mask, ModelInfo};
 use crate::samplers::Problem;
 use crate::spec::node::Node;
 use crate::spec::study::{node_text, DataSource, StudyRun, StudySpec, StudyTask};
-use crate::spec::{image_seed, MaskSpec, PipelineSpec};
+use crate::spec::{image_seed, PipelineSpec};
 
 /// What to run of a study and where the results go.
 #[derive(Debug, Clone)]
@@ -240,35 +237,11 @@ pub struct Measured {
     pub seed: u64,
 }
 
-/// Gaussian measurement noise of std `sigma` from the image's own stream — the stream `conjure degrade`
-/// draws from, so a study's y equals `degrade`'s y (before quantization) for the same seed.
-pub fn add_measurement_noise(y: &mut Img, sigma: f64, seed: u64) {
-    if sigma > 0.0 {
-        let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x6e6f_6973_655f_7921);
-        y.mapv_inplace(|v| {
-            let n: f64 = StandardNormal.sample(&mut rng);
-            v + sigma * n
-        });
-    }
-}
-
 /// y = H x + σ_y n for one clean image, with the mask and noise of the image's seed.
 pub fn measure(spec: &PipelineSpec, split: &str, s: &Sample) -> Result<Measured> {
     let (c, h, w) = s.x.dim();
     let seed = image_seed(spec.seed, &Path::new(split).join(&s.name));
-    let mask = match &spec.task.mask {
-        None => None,
-        Some(m) => match m.generate(h, w, seed)? {
-            Some(g) => Some(g),
-            None => Some(match m {
-                MaskSpec::File { path } => imageio::load_mask(path, h, w)?,
-                MaskSpec::PerImage { dir } => {
-                    imageio::load_mask(&dir.join(&s.name).with_extension("png"), h, w)?
-                }
-                _ => unreachable!("generated kinds are handled above"),
-            }),
-        },
-    };
+    let mask = task_mask(spec, Path::new(&s.name), seed, h, w)?;
     let op = spec.degradation(mask)?.build([c, h, w])?;
     let mut y = op.forward(&s.x);
     add_measurement_noise(&mut y, spec.task.noise_sigma, seed);
