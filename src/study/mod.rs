@@ -756,6 +756,7 @@ fn markdown(
         }
         md.push('\n');
     }
+    md += &summary_table(report, tasks);
     for task in tasks {
         let rows: Vec<&ConfigResult> = report.test.iter().filter(|r| r.task == task.name).collect();
         if rows.is_empty() {
@@ -807,5 +808,66 @@ fn markdown(
         }
         md.push('\n');
     }
+    md
+}
+
+/// One line per task: each run (exact Jacobian) at its smallest NFE, and its best mean PSNR over the sweep
+/// with the NFE where it was reached.
+fn summary_table(report: &StudyReport, tasks: &[&StudyTask]) -> String {
+    let exact: Vec<&ConfigResult> = report
+        .test
+        .iter()
+        .filter(|r| r.jacobian == "exact")
+        .collect();
+    let mut runs: Vec<&str> = Vec::new();
+    for r in &exact {
+        if !runs.contains(&r.run.as_str()) {
+            runs.push(&r.run);
+        }
+    }
+    if runs.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "## Summary: mean PSNR (dB) at each run's smallest NFE → its best over the sweep (at NFE)\n\n| task |",
+    );
+    for r in &runs {
+        md += &format!(" {r} |");
+    }
+    md += "\n|---|";
+    md += &"---|".repeat(runs.len());
+    md.push('\n');
+    for task in tasks {
+        md += &format!("| {} |", task.name);
+        for run in &runs {
+            let mut mine: Vec<&&ConfigResult> = exact
+                .iter()
+                .filter(|r| r.task == task.name && r.run == *run)
+                .collect();
+            mine.sort_by_key(|r| r.nfe);
+            let cell = match mine.first() {
+                None => "–".to_string(),
+                Some(first) => {
+                    let p0 = match first.error {
+                        Some(_) => "diverged".to_string(),
+                        None => format!("{:.2} @{}", first.mean_psnr(), first.nfe),
+                    };
+                    let best = mine
+                        .iter()
+                        .filter(|r| r.error.is_none())
+                        .max_by(|a, b| a.mean_psnr().total_cmp(&b.mean_psnr()));
+                    match best {
+                        Some(b) if b.nfe != first.nfe => {
+                            format!("{p0} → {:.2} @{}", b.mean_psnr(), b.nfe)
+                        }
+                        _ => p0,
+                    }
+                }
+            };
+            md += &format!(" {cell} |");
+        }
+        md.push('\n');
+    }
+    md.push('\n');
     md
 }

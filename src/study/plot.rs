@@ -36,39 +36,35 @@ fn plot_err(path: &Path) -> impl Fn(String) -> Error + '_ {
     }
 }
 
-/// One panel per task: mean PSNR against NFE (log axis), one line per (run, Jacobian mode); diverged
-/// configurations are left out of their line.
+/// One panel per task: mean PSNR against NFE (log axis), one line per (run, Jacobian mode): a colour per
+/// run, solid for the exact Jacobian, dashed for finite differences, dotted for the identity; diverged
+/// configurations are left out of their line. The legend takes a panel of its own.
 pub fn psnr_vs_nfe(results: &[ConfigResult], tasks: &[&StudyTask], path: &Path) -> Result<()> {
     let err = plot_err(path);
-    let mut lines: Vec<String> = Vec::new();
-    let label = |r: &ConfigResult| {
-        if r.jacobian == "exact" {
-            r.run.clone()
-        } else {
-            format!("{} ({})", r.run, r.jacobian)
-        }
-    };
+    let mut runs: Vec<&str> = Vec::new();
+    let mut lines: Vec<(&str, &str)> = Vec::new();
     for r in results {
-        let l = label(r);
-        if !lines.contains(&l) {
-            lines.push(l);
+        if !runs.contains(&r.run.as_str()) {
+            runs.push(&r.run);
+        }
+        if !lines.contains(&(r.run.as_str(), r.jacobian.as_str())) {
+            lines.push((&r.run, &r.jacobian));
         }
     }
+    let color_of =
+        |run: &str| COLORS[runs.iter().position(|r| *r == run).unwrap_or(0) % COLORS.len()];
     let ok: Vec<&ConfigResult> = results.iter().filter(|r| r.error.is_none()).collect();
     let nfe_max = ok.iter().map(|r| r.nfe).max().unwrap_or(100).max(10) as f64;
-    let cols = tasks.len().clamp(1, 3);
-    let rows = tasks.len().div_ceil(cols).max(1);
+    let panels = tasks.len() + 1;
+    let cols = panels.clamp(1, 3);
+    let rows = panels.div_ceil(cols).max(1);
     let (w, h) = (420 * cols as u32, 340 * rows as u32);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        for (k, (area, task)) in root
-            .split_evenly((rows, cols))
-            .iter()
-            .zip(tasks)
-            .enumerate()
-        {
+        let areas = root.split_evenly((rows, cols));
+        for (area, task) in areas.iter().zip(tasks) {
             let mine: Vec<&&ConfigResult> = ok.iter().filter(|r| r.task == task.name).collect();
             let ps: Vec<f64> = mine.iter().map(|r| r.mean_psnr()).collect();
             if ps.is_empty() {
@@ -81,7 +77,7 @@ pub fn psnr_vs_nfe(results: &[ConfigResult], tasks: &[&StudyTask], path: &Path) 
                 .margin(10)
                 .x_label_area_size(32)
                 .y_label_area_size(44)
-                .build_cartesian_2d((4.0f64..nfe_max * 1.25).log_scale(), lo..hi)
+                .build_cartesian_2d((0.8f64..nfe_max * 1.25).log_scale(), lo..hi)
                 .map_err(|e| err(e.to_string()))?;
             chart
                 .configure_mesh()
@@ -90,41 +86,70 @@ pub fn psnr_vs_nfe(results: &[ConfigResult], tasks: &[&StudyTask], path: &Path) 
                 .x_label_formatter(&|v| format!("{v:.0}"))
                 .draw()
                 .map_err(|e| err(e.to_string()))?;
-            for (i, l) in lines.iter().enumerate() {
+            for (run, jac) in &lines {
                 let mut pts: Vec<(f64, f64)> = mine
                     .iter()
-                    .filter(|r| &label(r) == l)
+                    .filter(|r| r.run == *run && r.jacobian == *jac)
                     .map(|r| (r.nfe as f64, r.mean_psnr()))
                     .collect();
                 if pts.is_empty() {
                     continue;
                 }
                 pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-                let color = COLORS[i % COLORS.len()];
-                let dashed = l.contains('(');
-                let s = chart
-                    .draw_series(LineSeries::new(
+                let color = color_of(run);
+                let r = match *jac {
+                    "exact" => {
+                        chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                    }
+                    "finite-difference" => chart.draw_series(DashedLineSeries::new(
                         pts.clone(),
-                        color.stroke_width(if dashed { 1 } else { 2 }),
-                    ))
-                    .map_err(|e| err(e.to_string()))?;
-                if k == 0 {
-                    s.label(l.as_str()).legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-                    });
-                }
+                        7,
+                        4,
+                        color.stroke_width(2),
+                    )),
+                    _ => chart.draw_series(DashedLineSeries::new(
+                        pts.clone(),
+                        2,
+                        3,
+                        color.stroke_width(2),
+                    )),
+                };
+                r.map_err(|e| err(e.to_string()))?;
                 chart
                     .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
                     .map_err(|e| err(e.to_string()))?;
             }
-            if k == 0 {
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::LowerRight)
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .label_font(("sans-serif", 11))
-                    .draw()
+        }
+        // The legend, in the panel after the last task.
+        if let Some(area) = areas.get(tasks.len()) {
+            let (_, ah) = area.dim_in_pixel();
+            let step = ((ah as i32 - 20) / lines.len().max(1) as i32).clamp(8, 22);
+            for (k, (run, jac)) in lines.iter().enumerate() {
+                let y = 14 + k as i32 * step;
+                let color = color_of(run);
+                let pts = vec![(20, y), (60, y)];
+                let style = color.stroke_width(2);
+                let drawn = match *jac {
+                    "exact" => area.draw(&PathElement::new(pts, style)),
+                    "finite-difference" => area
+                        .draw(&PathElement::new(vec![(20, y), (34, y)], style))
+                        .and_then(|_| area.draw(&PathElement::new(vec![(42, y), (56, y)], style))),
+                    _ => (0..6)
+                        .map(|d| {
+                            area.draw(&PathElement::new(
+                                vec![(20 + 7 * d, y), (23 + 7 * d, y)],
+                                style,
+                            ))
+                        })
+                        .collect(),
+                };
+                drawn.map_err(|e| err(e.to_string()))?;
+                let text = if *jac == "exact" {
+                    run.to_string()
+                } else {
+                    format!("{run} ({jac} Jacobian)")
+                };
+                area.draw(&Text::new(text, (70, y - 7), ("sans-serif", 13)))
                     .map_err(|e| err(e.to_string()))?;
             }
         }
