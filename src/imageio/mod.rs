@@ -105,6 +105,17 @@ pub const MAX_PIXELS: u64 = 1 << 27;
 /// Decode an in-memory image; `path` only names it in errors. Images over [`MAX_PIXELS`] are refused
 /// from their header.
 pub fn decode_bytes(bytes: &[u8], format: FileFormat, path: &Path) -> Result<Picture> {
+    decode_bytes_limited(bytes, format, path, MAX_PIXELS)
+}
+
+/// [`decode_bytes`] with another pixel limit in place of [`MAX_PIXELS`] (the fuzz targets use a lower
+/// one, so that libFuzzer's memory limit catches any allocation that the declared size does not bound).
+pub fn decode_bytes_limited(
+    bytes: &[u8],
+    format: FileFormat,
+    path: &Path,
+    max_pixels: u64,
+) -> Result<Picture> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| image_err(path, e))?;
@@ -122,17 +133,17 @@ pub fn decode_bytes(bytes: &[u8], format: FileFormat, path: &Path) -> Result<Pic
     reader.limits(image::Limits::default());
     let mut decoder = reader.into_decoder().map_err(|e| image_err(path, e))?;
     let (dw, dh) = decoder.dimensions();
-    if u64::from(dw) * u64::from(dh) > MAX_PIXELS {
+    if u64::from(dw) * u64::from(dh) > max_pixels {
         return Err(image_err(
             path,
             format!(
-                "declared size {dw}x{dh} is over the decoding limit of {MAX_PIXELS} pixels \
+                "declared size {dw}x{dh} is over the decoding limit of {max_pixels} pixels \
                  (a decompression bomb or a damaged header); not decoded"
             ),
         ));
     }
     let mut limits = image::Limits::no_limits();
-    limits.max_alloc = Some(MAX_PIXELS * 8);
+    limits.max_alloc = Some(max_pixels * 8);
     limits
         .reserve(decoder.total_bytes())
         .map_err(|e| image_err(path, e))?;
@@ -373,6 +384,11 @@ pub fn encode_npy(x: &Array3<f64>, path: &Path) -> Result<Vec<u8>> {
 /// Read a `.npy` of f32 or f64 values with any number of dimensions (as f64).
 pub fn read_npy(path: &Path) -> Result<ndarray::ArrayD<f64>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    read_npy_bytes(&bytes, path)
+}
+
+/// [`read_npy`] of an in-memory file; `path` only names it in errors.
+pub fn read_npy_bytes(bytes: &[u8], path: &Path) -> Result<ndarray::ArrayD<f64>> {
     if let Ok(a) = ndarray::ArrayD::<f32>::read_npy(&bytes[..]) {
         return Ok(a.mapv(f64::from));
     }
