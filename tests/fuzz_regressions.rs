@@ -106,7 +106,7 @@ fn decode_regressions_do_not_panic_and_errors_name_the_file() {
 /// and the spec round trip catches a spec that does not parse back to itself.
 #[test]
 fn the_harness_checks_bite() {
-    // An 8-bit gray PNG whose IHDR declares 4096 x 4096 (16 Mpx > FUZZ_MAX_PIXELS = 4 Mpx).
+    // An 8-bit gray PNG whose IHDR declares 4096 x 4096 (16 Mpx > FUZZ_MAX_PIXELS = 1 Mpx).
     let mut png = std::fs::read(dir("corpus", "decode").join("gray8.png")).unwrap();
     assert_eq!(&png[12..16], b"IHDR");
     png[16..20].copy_from_slice(&4096u32.to_be_bytes());
@@ -115,7 +115,7 @@ fn the_harness_checks_bite() {
     png[29..33].copy_from_slice(&crc.to_be_bytes());
     match harness::decode(&png) {
         Outcome::Rejected(e) => assert!(e.to_string().contains("decoding limit"), "{e}"),
-        Outcome::Accepted => panic!("a 16 Mpx header passed the 4 Mpx fuzz limit"),
+        Outcome::Accepted => panic!("a 16 Mpx header passed the 1 Mpx fuzz limit"),
     }
 
     // render() is what the round trip compares against: a changed field must show up in it.
