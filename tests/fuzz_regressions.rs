@@ -102,6 +102,38 @@ fn decode_regressions_do_not_panic_and_errors_name_the_file() {
     }
 }
 
+/// Inputs the fuzzers found that were accepted or crashed before their fix, and what the error must say
+/// now: (target, file in `fuzz/regressions/<target>/`, fragment of the error).
+const FOUND: &[(&str, &str, &str)] = &[
+    // A float TIFF with a NaN sample decoded into a picture with NaN (found by `decode`).
+    ("decode", "tiff-float-nan.tif", "NaN or infinite"),
+];
+
+#[test]
+fn inputs_the_fuzzers_found_are_refused_with_their_reason() {
+    for (target, name, fragment) in FOUND {
+        let path = dir("regressions", target).join(name);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let outcome = match *target {
+            "spec" => harness::spec(&bytes),
+            _ => harness::decode(&bytes),
+        };
+        match outcome {
+            Outcome::Rejected(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains(fragment), "{name}: {msg}");
+                let names = if *target == "spec" {
+                    harness::SPEC_FILE
+                } else {
+                    harness::IMAGE_FILE
+                };
+                assert!(msg.contains(names), "{name}: {msg}");
+            }
+            Outcome::Accepted => panic!("{name}: accepted"),
+        }
+    }
+}
+
 /// The harness's own checks can fail: a picture over the fuzz pixel limit is refused from its header,
 /// and the spec round trip catches a spec that does not parse back to itself.
 #[test]

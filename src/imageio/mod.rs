@@ -191,6 +191,27 @@ pub fn decode_bytes_limited(
         color_type,
         image::ColorType::Rgb32F | image::ColorType::Rgba32F
     );
+    if is_float {
+        // A float file can hold NaN or ±Inf, which no restoration can use and which would surface
+        // later as a misleading "NaN from the network" failure: refuse the file here, by name.
+        let planes = if has_alpha { 4 } else { 3 };
+        let bad = color.iter().filter(|v| !v.is_finite()).count()
+            + if has_alpha {
+                alpha.iter().filter(|v| !v.is_finite()).count()
+            } else {
+                0
+            };
+        if bad > 0 {
+            return Err(image_err(
+                path,
+                format!(
+                    "{bad} of {} float samples are NaN or infinite (expected finite values); \
+                     not decoded",
+                    planes * h * w
+                ),
+            ));
+        }
+    }
     let color = if is_float { color } else { color.mapv(snap) };
     Ok(Picture {
         color,
