@@ -408,8 +408,31 @@ pub fn read_npy(path: &Path) -> Result<ndarray::ArrayD<f64>> {
     read_npy_bytes(&bytes, path)
 }
 
-/// [`read_npy`] of an in-memory file; `path` only names it in errors.
+/// [`read_npy`] of an in-memory file; `path` only names it in errors. A header that declares more values
+/// than the file's data can hold is refused before anything is allocated (the array is allocated from
+/// the declared shape, so a few bytes could otherwise ask for terabytes and abort the process).
 pub fn read_npy_bytes(bytes: &[u8], path: &Path) -> Result<ndarray::ArrayD<f64>> {
+    let mut cursor = Cursor::new(bytes);
+    // A header that does not parse is reported by the reads below, with ndarray-npy's message.
+    if let Ok(header) = ndarray_npy::npy::header::Header::from_reader(&mut cursor) {
+        let data = bytes.len() as u64 - cursor.position();
+        let values = header
+            .shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        // f32 is the smallest element type read: 4 bytes per value at least.
+        if values.is_none_or(|n| n.saturating_mul(4) > data) {
+            return Err(image_err(
+                path,
+                format!(
+                    "npy header declares shape {:?} ({} values) but the file holds only {data} \
+                     bytes of data (4 or 8 per value); not read",
+                    header.shape,
+                    values.map_or_else(|| "too many".to_owned(), |n| n.to_string())
+                ),
+            ));
+        }
+    }
     if let Ok(a) = ndarray::ArrayD::<f32>::read_npy(&bytes[..]) {
         return Ok(a.mapv(f64::from));
     }
