@@ -433,10 +433,10 @@ pub fn read_npy_bytes(bytes: &[u8], path: &Path) -> Result<ndarray::ArrayD<f64>>
             ));
         }
     }
-    if let Ok(a) = ndarray::ArrayD::<f32>::read_npy(&bytes[..]) {
+    if let Ok(a) = ndarray::ArrayD::<f32>::read_npy(bytes) {
         return Ok(a.mapv(f64::from));
     }
-    ndarray::ArrayD::<f64>::read_npy(&bytes[..]).map_err(|e| image_err(path, e))
+    ndarray::ArrayD::<f64>::read_npy(bytes).map_err(|e| image_err(path, e))
 }
 
 /// Load an inpainting mask: a PNG (any bit depth, gray or colour) whose white pixels (luma ≥ ½) are known.
