@@ -105,6 +105,17 @@ pub const MAX_PIXELS: u64 = 1 << 27;
 /// Decode an in-memory image; `path` only names it in errors. Images over [`MAX_PIXELS`] are refused
 /// from their header.
 pub fn decode_bytes(bytes: &[u8], format: FileFormat, path: &Path) -> Result<Picture> {
+    decode_bytes_limited(bytes, format, path, MAX_PIXELS)
+}
+
+/// [`decode_bytes`] with another pixel limit in place of [`MAX_PIXELS`] (the fuzz targets use a lower
+/// one, so that libFuzzer's memory limit catches any allocation that the declared size does not bound).
+pub fn decode_bytes_limited(
+    bytes: &[u8],
+    format: FileFormat,
+    path: &Path,
+    max_pixels: u64,
+) -> Result<Picture> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| image_err(path, e))?;
@@ -122,17 +133,17 @@ pub fn decode_bytes(bytes: &[u8], format: FileFormat, path: &Path) -> Result<Pic
     reader.limits(image::Limits::default());
     let mut decoder = reader.into_decoder().map_err(|e| image_err(path, e))?;
     let (dw, dh) = decoder.dimensions();
-    if u64::from(dw) * u64::from(dh) > MAX_PIXELS {
+    if u64::from(dw) * u64::from(dh) > max_pixels {
         return Err(image_err(
             path,
             format!(
-                "declared size {dw}x{dh} is over the decoding limit of {MAX_PIXELS} pixels \
+                "declared size {dw}x{dh} is over the decoding limit of {max_pixels} pixels \
                  (a decompression bomb or a damaged header); not decoded"
             ),
         ));
     }
     let mut limits = image::Limits::no_limits();
-    limits.max_alloc = Some(MAX_PIXELS * 8);
+    limits.max_alloc = Some(max_pixels * 8);
     limits
         .reserve(decoder.total_bytes())
         .map_err(|e| image_err(path, e))?;
@@ -180,6 +191,27 @@ pub fn decode_bytes(bytes: &[u8], format: FileFormat, path: &Path) -> Result<Pic
         color_type,
         image::ColorType::Rgb32F | image::ColorType::Rgba32F
     );
+    if is_float {
+        // A float file can hold NaN or ±Inf, which no restoration can use and which would surface
+        // later as a misleading "NaN from the network" failure: refuse the file here, by name.
+        let planes = if has_alpha { 4 } else { 3 };
+        let bad = color.iter().filter(|v| !v.is_finite()).count()
+            + if has_alpha {
+                alpha.iter().filter(|v| !v.is_finite()).count()
+            } else {
+                0
+            };
+        if bad > 0 {
+            return Err(image_err(
+                path,
+                format!(
+                    "{bad} of {} float samples are NaN or infinite (expected finite values); \
+                     not decoded",
+                    planes * h * w
+                ),
+            ));
+        }
+    }
     let color = if is_float { color } else { color.mapv(snap) };
     Ok(Picture {
         color,
@@ -373,10 +405,38 @@ pub fn encode_npy(x: &Array3<f64>, path: &Path) -> Result<Vec<u8>> {
 /// Read a `.npy` of f32 or f64 values with any number of dimensions (as f64).
 pub fn read_npy(path: &Path) -> Result<ndarray::ArrayD<f64>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if let Ok(a) = ndarray::ArrayD::<f32>::read_npy(&bytes[..]) {
+    read_npy_bytes(&bytes, path)
+}
+
+/// [`read_npy`] of an in-memory file; `path` only names it in errors. A header that declares more values
+/// than the file's data can hold is refused before anything is allocated (the array is allocated from
+/// the declared shape, so a few bytes could otherwise ask for terabytes and abort the process).
+pub fn read_npy_bytes(bytes: &[u8], path: &Path) -> Result<ndarray::ArrayD<f64>> {
+    let mut cursor = Cursor::new(bytes);
+    // A header that does not parse is reported by the reads below, with ndarray-npy's message.
+    if let Ok(header) = ndarray_npy::npy::header::Header::from_reader(&mut cursor) {
+        let data = bytes.len() as u64 - cursor.position();
+        let values = header
+            .shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        // f32 is the smallest element type read: 4 bytes per value at least.
+        if values.is_none_or(|n| n.saturating_mul(4) > data) {
+            return Err(image_err(
+                path,
+                format!(
+                    "npy header declares shape {:?} ({} values) but the file holds only {data} \
+                     bytes of data (4 or 8 per value); not read",
+                    header.shape,
+                    values.map_or_else(|| "too many".to_owned(), |n| n.to_string())
+                ),
+            ));
+        }
+    }
+    if let Ok(a) = ndarray::ArrayD::<f32>::read_npy(bytes) {
         return Ok(a.mapv(f64::from));
     }
-    ndarray::ArrayD::<f64>::read_npy(&bytes[..]).map_err(|e| image_err(path, e))
+    ndarray::ArrayD::<f64>::read_npy(bytes).map_err(|e| image_err(path, e))
 }
 
 /// Load an inpainting mask: a PNG (any bit depth, gray or colour) whose white pixels (luma ≥ ½) are known.
