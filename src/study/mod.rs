@@ -411,7 +411,15 @@ impl Runner<'_> {
             .join(&task.name)
             .join(&run.label);
         let kept_path = |name: &str| kept_dir.join(Path::new(name).with_extension("npy"));
-        if let Some(r) = self.record.done.get(&key).cloned() {
+        if let Some(mut r) = self.record.done.get(&key).cloned() {
+            // The same configuration may have been recorded under another label or as other grid values
+            // (the key is the resolved spec): report it as this run's.
+            r.task = task.name.clone();
+            r.run = run.label.clone();
+            r.settings = settings
+                .iter()
+                .map(|(k, v)| (k.clone(), node_text(v)))
+                .collect();
             if !keep || r.error.is_some() {
                 return Ok(r);
             }
