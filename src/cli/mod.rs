@@ -43,33 +43,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Restore every image of the input (file or directory, recursive) into the output directory.
-    Run {
-        /// The pipeline spec (YAML).
-        spec: PathBuf,
-        /// Input file or directory (overrides io.input).
-        #[arg(long)]
-        input: Option<PathBuf>,
-        /// Output directory (overrides io.output).
-        #[arg(long)]
-        output: Option<PathBuf>,
-        /// Override a spec key: --set sampler.steps=10 (repeatable; the value is YAML).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// Process only inputs whose position in the sorted list is I mod N (0-based). Default: from
-        /// SLURM_ARRAY_* or JOB_COMPLETION_INDEX + CONJURE_SHARD_COUNT.
-        #[arg(long, value_name = "I/N")]
-        shard: Option<String>,
-        /// Redo outputs that already exist.
-        #[arg(long)]
-        overwrite: bool,
-        /// No progress output (warnings and failures only).
-        #[arg(long, short)]
-        quiet: bool,
-        /// Manifest file (default <output>/conjure-manifest.jsonl, or
-        /// <output>/conjure-manifest.shard-I-of-N.jsonl for a shard).
-        #[arg(long)]
-        manifest: Option<PathBuf>,
-    },
+    Run(run::RunArgs),
     /// Parse and check a spec and its model card; do no work.
     Validate {
         spec: PathBuf,
@@ -151,7 +125,8 @@ pub fn main() -> i32 {
     };
     let quiet = matches!(
         cli.command,
-        Command::Run { quiet: true, .. } | Command::Eval(eval::EvalArgs { quiet: true, .. })
+        Command::Run(run::RunArgs { quiet: true, .. })
+            | Command::Eval(eval::EvalArgs { quiet: true, .. })
     );
     init_logging(quiet);
     match dispatch(cli.command) {
@@ -201,25 +176,7 @@ fn load_spec(path: &Path, set: &[String]) -> Result<PipelineSpec, Failure> {
 
 fn dispatch(cmd: Command) -> Result<i32, Failure> {
     match cmd {
-        Command::Run {
-            spec,
-            input,
-            output,
-            set,
-            shard,
-            overwrite,
-            quiet,
-            manifest,
-        } => run::run(run::RunArgs {
-            spec,
-            input,
-            output,
-            set,
-            shard,
-            overwrite,
-            quiet,
-            manifest,
-        }),
+        Command::Run(args) => run::run(args),
         Command::Validate { spec: path, set } => {
             let spec = load_spec(&path, &set)?;
             let card = ModelCard::load(&spec.model)?;

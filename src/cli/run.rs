@@ -21,15 +21,33 @@ use conjure::pipeline::{self, ProgressMode, RunOptions, Shard};
 
 use super::{load_spec, Failure, EXIT_FAILED_INPUTS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM};
 
-/// The arguments of `conjure run` (see `Command::Run`).
+/// The arguments of `conjure run`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
+    /// The pipeline spec (YAML).
     pub spec: PathBuf,
+    /// Input file or directory (overrides io.input).
+    #[arg(long)]
     pub input: Option<PathBuf>,
+    /// Output directory (overrides io.output).
+    #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Override a spec key: --set sampler.steps=10 (repeatable; the value is YAML).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Process only inputs whose position in the sorted list is I mod N (0-based). Default: from
+    /// SLURM_ARRAY_* or JOB_COMPLETION_INDEX + CONJURE_SHARD_COUNT.
+    #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
+    /// Redo outputs that already exist.
+    #[arg(long)]
     pub overwrite: bool,
+    /// No progress output (warnings and failures only).
+    #[arg(long, short)]
     pub quiet: bool,
+    /// Manifest file (default <output>/conjure-manifest.jsonl, or
+    /// <output>/conjure-manifest.shard-I-of-N.jsonl for a shard).
+    #[arg(long)]
     pub manifest: Option<PathBuf>,
 }
 

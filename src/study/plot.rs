@@ -134,14 +134,12 @@ pub fn psnr_vs_nfe(results: &[ConfigResult], tasks: &[&StudyTask], path: &Path) 
                     "finite-difference" => area
                         .draw(&PathElement::new(vec![(20, y), (34, y)], style))
                         .and_then(|_| area.draw(&PathElement::new(vec![(42, y), (56, y)], style))),
-                    _ => (0..6)
-                        .map(|d| {
-                            area.draw(&PathElement::new(
-                                vec![(20 + 7 * d, y), (23 + 7 * d, y)],
-                                style,
-                            ))
-                        })
-                        .collect(),
+                    _ => (0..6).try_for_each(|d| {
+                        area.draw(&PathElement::new(
+                            vec![(20 + 7 * d, y), (23 + 7 * d, y)],
+                            style,
+                        ))
+                    }),
                 };
                 drawn.map_err(|e| err(e.to_string()))?;
                 let text = if *jac == "exact" {
