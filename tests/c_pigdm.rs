@@ -406,6 +406,38 @@ fn large_tau_and_w_stay_accurate_with_a_rounded_projector() {
     assert!(errs[3] < errs[1] && errs[1] < errs[0], "{errs:?}");
 }
 
+/// The validity measure of the noisy variant's first-order inverse: |c3| e^{−(c1+c2)} / s_min², computed
+/// here from its definition (algorithms.md §5) at every grid time, small for mild settings and huge at the
+/// published w = 15, τ = 0.4 with σ_y = 0.05, where the quality study saw the noisy variant fail.
+#[test]
+fn noisy_inverse_ratio_matches_its_definition() {
+    let op = diag(SHAPE, &[1.0, 0.0, 0.5, 1.0, 2.0, 0.0]);
+    let vp = vp();
+    let eps_n = 1e-6;
+    for (w, tau, sy) in [(15.0, 0.4, 0.05), (2.0, 0.1, 0.01)] {
+        let mut cfg = config(SamplerName::CPigdm, 5, w, 0.0, tau, 0.001, eps_n);
+        cfg.variant = Some("noisy".into());
+        let s = cpigdm(&cfg);
+        let want = s
+            .times()
+            .iter()
+            .map(|&t| {
+                let b = vp.b(t);
+                let (c1, c2) = (0.5 * b, -0.5 * w * b);
+                let c3 = 0.5 * w * ((c1 + c2).exp() - 1.0) * sy * sy * (b.exp_m1() + eps_n).ln();
+                c3.abs() * (-(c1 + c2)).exp() / (0.5 * 0.5)
+            })
+            .fold(0.0, f64::max);
+        let got = s.noisy_inverse_ratio(op.as_ref(), sy);
+        assert!(rel(got, want) < 1e-12, "w {w} τ {tau}: {got} vs {want}");
+        if w == 15.0 {
+            assert!(got > 1e3, "{got}");
+        } else {
+            assert!(got < 1e-2, "{got}");
+        }
+    }
+}
+
 #[test]
 fn stable_where_explicit_euler_diverges() {
     // §14.3 item 2: range variance 100, w = 15, 5 steps of Δs = 0.0798 from τ = 0.4. The guided ODE's rate on

@@ -334,6 +334,28 @@ impl CPigdm {
         u_range
     }
 
+    /// How far the noisy variant's first-order inverse (A + c3 Q)⁻¹ ≈ A⁻¹ − A⁻¹ c3 Q A⁻¹ is from its
+    /// range of validity for operator `op` and noise `sigma_y`: max over the grid of
+    /// |c3(t_k)| e^{−(c1+c2)(t_k)} ‖Q‖, with ‖Q‖ = 1 / s_min² (Q = H†H†ᵀ). The expansion needs this ≪ 1;
+    /// at the published w and τ it is many orders of magnitude larger on every task of the quality study,
+    /// where the noisy variant diverged or gave garbage (README, "Quality study").
+    pub fn noisy_inverse_ratio(&self, op: &dyn LinearOperator, sigma_y: f64) -> f64 {
+        let s_min = op
+            .singulars()
+            .iter()
+            .copied()
+            .filter(|&s| s > 0.0)
+            .fold(f64::INFINITY, f64::min);
+        if !s_min.is_finite() {
+            return 0.0;
+        }
+        (0..self.t.len())
+            .map(|k| {
+                self.c3(k, sigma_y).abs() * (-(self.c1[k] + self.c2[k])).exp() / (s_min * s_min)
+            })
+            .fold(0.0, f64::max)
+    }
+
     /// σ_y the transform uses for a problem: the problem's σ_y in the noisy variant, else 0.
     fn sigma_y_of(&self, p: &Problem) -> f64 {
         match self.variant {
@@ -434,6 +456,21 @@ impl Sampler for CPigdm {
         check_batch(problems)?;
         if problems.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(r) = problems
+            .iter()
+            .filter(|p| self.is_noisy(p))
+            .map(|p| self.noisy_inverse_ratio(p.op.as_ref(), self.sigma_y_of(p)))
+            .reduce(f64::max)
+            .filter(|&r| r > 1.0)
+        {
+            // Once per process: the pipeline retries a failed batch image by image.
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| tracing::warn!(
+                "c-pigdm noisy variant: its first-order inverse is far outside its range of validity \
+                 (|c3| e^-(c1+c2) |Q| up to {r:.1e}, needs << 1); expect divergence or garbage, \
+                 consider sampler.variant: noiseless (README, Quality study)"
+            ));
         }
         let vp = &self.vp;
         let tau = self.t[0];
