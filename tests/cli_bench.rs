@@ -3,21 +3,15 @@
 //! evaluation count, the overhead formula), the temporary inputs/outputs are removed, and the text report
 //! is printed. No timing assertions: only relations that hold whatever the machine's speed.
 
-use std::path::{Path, PathBuf};
+#[path = "common/cli.rs"]
+mod cli;
+
+use cli::{bin, root};
+
+use std::path::Path;
 
 use assert_cmd::Command;
 use serde_json::Value;
-
-/// The binary under test: `CONJURE_TEST_BIN` if set (shared target folders), else cargo's own.
-fn bin() -> PathBuf {
-    std::env::var_os("CONJURE_TEST_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_conjure").into())
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// Run `conjure bench` on pipelines/sr4-c-pigdm.yaml with TMPDIR = `tmp`; returns the JSON report.
 fn bench(tmp: &Path, args: &[&str]) -> Value {

@@ -2,40 +2,17 @@
 //! a corrupt input fails alone (exit 1), a killed run resumes to identical outputs, outputs do not depend
 //! on batch size or thread count, 16-bit and ICC are carried.
 
+#[path = "common/cli.rs"]
+mod cli;
+
+use cli::{bin, conjure, root, spec, stderr};
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
 use conjure::imageio::{self, EncodeOptions, FileFormat, Picture};
 use ndarray::Array3;
-
-/// The binary under test: `CONJURE_TEST_BIN` if set (for target folders shared by several checkouts,
-/// where `target/release/conjure` may belong to another one), else cargo's own.
-fn bin() -> std::path::PathBuf {
-    std::env::var_os("CONJURE_TEST_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_conjure").into())
-}
-
-fn conjure() -> Command {
-    let mut c = Command::new(bin());
-    // Tests use the embedded engine so they run the same everywhere.
-    c.env_remove("RUST_LOG");
-    c
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn spec(name: &str) -> PathBuf {
-    root().join("pipelines").join(name)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// A Fashion-MNIST-like synthetic item: a bright blob with texture on a dark background, in [0, 1].
 fn item(k: usize, h: usize, w: usize) -> Array3<f64> {

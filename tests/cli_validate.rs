@@ -1,21 +1,12 @@
 //! `conjure validate` and the CLI's error paths: exit 2 with `file:line:col`, suggestions for unknown keys,
 //! `--set` overrides, usage errors — and every shipped spec validating against its model.
 
+#[path = "common/cli.rs"]
+mod cli;
+
+use cli::{conjure, stderr};
+
 use std::path::Path;
-
-use assert_cmd::Command;
-
-/// The binary under test: `CONJURE_TEST_BIN` if set (for target folders shared by several checkouts,
-/// where `target/release/conjure` may belong to another one), else cargo's own.
-fn bin() -> std::path::PathBuf {
-    std::env::var_os("CONJURE_TEST_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_conjure").into())
-}
-
-fn conjure() -> Command {
-    Command::new(bin())
-}
 
 fn write_spec(dir: &Path, body: &str) -> std::path::PathBuf {
     let p = dir.join("spec.yaml");
@@ -25,10 +16,6 @@ fn write_spec(dir: &Path, body: &str) -> std::path::PathBuf {
 
 const GOOD: &str =
     "model: ../models/none\ntask:\n  operator: denoise\nsampler:\n  name: c-pigdm\n  steps: 5\n";
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 #[test]
 fn a_bad_value_exits_2_with_line_and_column() {

@@ -4,22 +4,15 @@
 //! variables are usage errors; and `examples/kubernetes/indexed-job.yaml` passes a kubectl-free schema
 //! check (parsed as YAML, the fields an Indexed Job of conjure shards needs checked against each other).
 
+#[path = "common/cli.rs"]
+mod cli;
+
+use cli::{bin, root, stderr};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
-
-/// The binary under test: `CONJURE_TEST_BIN` if set (for target folders shared by several checkouts),
-/// else cargo's own.
-fn bin() -> PathBuf {
-    std::env::var_os("CONJURE_TEST_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_conjure").into())
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 const SHARD_VARS: [&str; 7] = [
     "SLURM_ARRAY_TASK_ID",
@@ -62,10 +55,6 @@ fn run_args(input: &str, output: &str) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Relative path → bytes of every file under `dir` but the manifests.

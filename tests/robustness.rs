@@ -9,13 +9,17 @@
 //! machine does not give (a tmpfs mount; permission bits, which root ignores) are skipped with a notice
 //! on stderr.
 
+#[path = "common/cli.rs"]
+mod cli;
+
+use cli::{bin, conjure, root, spec, stderr};
+
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
 use conjure::imageio::{self, EncodeOptions, FileFormat, Picture};
 use conjure::model::{Denoiser, ModelKind, Parameterization};
 use conjure::operators::{Degradation, Diagonal, OperatorRef};
@@ -28,32 +32,6 @@ use rand::{Rng, SeedableRng};
 
 // ---------------------------------------------------------------------------------------------------
 // Helpers
-
-/// The binary under test: `CONJURE_TEST_BIN` if set (for target folders shared by several checkouts),
-/// else cargo's own.
-fn bin() -> PathBuf {
-    std::env::var_os("CONJURE_TEST_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_conjure").into())
-}
-
-fn conjure() -> Command {
-    let mut c = Command::new(bin());
-    c.env_remove("RUST_LOG");
-    c
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn spec(name: &str) -> PathBuf {
-    root().join("pipelines").join(name)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// `conjure run SPEC --input … --output …` on the embedded engine, 2 steps.
 fn run(spec: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {

@@ -16,24 +16,17 @@
 //! It needs root (the daemons) and Slurm or apt-get; without them it prints a notice and passes, unless
 //! `CONJURE_REQUIRE_SLURM=1` (CI) makes that a failure.
 
+#[path = "common/cli.rs"]
+mod cli;
+
+use cli::{bin, root};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
-
-/// The binary under test: `CONJURE_TEST_BIN` if set (for target folders shared by several checkouts),
-/// else cargo's own.
-fn bin() -> PathBuf {
-    std::env::var_os("CONJURE_TEST_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_conjure").into())
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn text(o: &Output) -> String {
     format!(
