@@ -42,14 +42,13 @@ use conjure::model::analytic::{
     GaussianDiffusion, GaussianFlow, GaussianPrior, IdentityBasis, NoiseLevel,
 };
 use conjure::model::card::ModelCard;
-use conjure::model::tiled::{TileConfig, TiledDenoiser};
 use conjure::model::timed::TimedDenoiser;
 use conjure::model::{Denoiser, ModelKind, Network};
 use conjure::operators::{Degradation, Img};
 use conjure::pipeline::{self, Engine, ModelInfo, ProgressMode, RunOptions};
 use conjure::samplers::{ModelSchedule, Problem, Sampler};
 use conjure::schedules::TimeInput;
-use conjure::spec::{MaskSpec, Override, PipelineSpec, TileSize};
+use conjure::spec::{MaskSpec, Override, PipelineSpec};
 
 /// Arguments of `conjure bench`.
 #[derive(clap::Args, Debug)]
@@ -315,19 +314,7 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     };
     pipeline::check_model(&spec, info.kind, inner.has_vjp())?;
     let timed = Arc::new(TimedDenoiser::new(inner));
-    let (tile_h, tile_w) = match spec.runtime.tile_size {
-        TileSize::Model => (card.image.height, card.image.width),
-        TileSize::Pixels(p) => (p, p),
-    };
-    let tiled = TiledDenoiser::new(
-        timed.clone(),
-        TileConfig {
-            tile_h,
-            tile_w,
-            overlap: spec.runtime.tile_overlap,
-            batch_size: spec.runtime.batch_size,
-        },
-    )?;
+    let tiled = pipeline::tiled_denoiser(&spec, &card, timed.clone())?;
     info.size = None;
     let sampler = conjure::samplers::build(&spec.sampler_config(), &info.schedule)?;
     let timed_sampler = TimedSampler {

@@ -997,19 +997,7 @@ pub fn run(spec: &PipelineSpec, opts: &RunOptions) -> Result<RunSummary> {
     let mut info = ModelInfo::from_card(&loaded.card, &loaded.dir)?;
     check_model(spec, info.kind, loaded.denoiser.has_vjp())?;
     let sampler = crate::samplers::build(&spec.sampler_config(), &info.schedule)?;
-    let (tile_h, tile_w) = match spec.runtime.tile_size {
-        TileSize::Model => (loaded.card.image.height, loaded.card.image.width),
-        TileSize::Pixels(n) => (n, n),
-    };
-    let tiled = TiledDenoiser::new(
-        Arc::from(loaded.denoiser),
-        TileConfig {
-            tile_h,
-            tile_w,
-            overlap: spec.runtime.tile_overlap,
-            batch_size: spec.runtime.batch_size,
-        },
-    )?;
+    let tiled = tiled_denoiser(spec, &loaded.card, Arc::from(loaded.denoiser))?;
     info.size = None;
     let build = |d: &Degradation, shape: [usize; 3]| d.build(shape);
     let engine = Engine {
@@ -1019,6 +1007,28 @@ pub fn run(spec: &PipelineSpec, opts: &RunOptions) -> Result<RunSummary> {
         build_operator: &build,
     };
     run_with(spec, opts, &engine)
+}
+
+/// The network as the sampler sees it: `inner` behind a [`TiledDenoiser`] with the spec's tile size
+/// (`model` = the card's image size), overlap and batch size.
+pub fn tiled_denoiser(
+    spec: &PipelineSpec,
+    card: &ModelCard,
+    inner: Arc<dyn Denoiser>,
+) -> Result<TiledDenoiser> {
+    let (tile_h, tile_w) = match spec.runtime.tile_size {
+        TileSize::Model => (card.image.height, card.image.width),
+        TileSize::Pixels(n) => (n, n),
+    };
+    TiledDenoiser::new(
+        inner,
+        TileConfig {
+            tile_h,
+            tile_w,
+            overlap: spec.runtime.tile_overlap,
+            batch_size: spec.runtime.batch_size,
+        },
+    )
 }
 
 /// Whether any input of this shard still needs restoring.

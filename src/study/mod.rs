@@ -38,10 +38,12 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::imageio;
 use crate::metrics;
-use crate::model::tiled::{TileConfig, TiledDenoiser};
+use crate::model::tiled::TiledDenoiser;
 use crate::model::{JacobianMode, Network};
 use crate::operators::{Img, OperatorRef};
-use crate::pipeline::{add_measurement_noise, check_model, discover, task_mask, ModelInfo};
+use crate::pipeline::{
+    add_measurement_noise, check_model, discover, task_mask, tiled_denoiser, ModelInfo,
+};
 use crate::samplers::Problem;
 use crate::spec::node::Node;
 use crate::spec::study::{node_text, DataSource, StudyRun, StudySpec, StudyTask};
@@ -264,15 +266,7 @@ fn load_model(spec: &PipelineSpec) -> Result<Loaded> {
     let loaded = crate::model::load(&spec.model, &spec.runtime_options())?;
     let info = ModelInfo::from_card(&loaded.card, &loaded.dir)?;
     let has_vjp = loaded.denoiser.has_vjp();
-    let denoiser = TiledDenoiser::new(
-        Arc::from(loaded.denoiser),
-        TileConfig {
-            tile_h: loaded.card.image.height,
-            tile_w: loaded.card.image.width,
-            overlap: spec.runtime.tile_overlap,
-            batch_size: spec.runtime.batch_size,
-        },
-    )?;
+    let denoiser = tiled_denoiser(spec, &loaded.card, Arc::from(loaded.denoiser))?;
     Ok(Loaded {
         info,
         denoiser,
