@@ -5,9 +5,9 @@
 #[path = "common/cli.rs"]
 mod cli;
 
-use cli::{bin, conjure, root, spec, stderr};
+use cli::{bin, conjure, files, root, spec, stderr};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -100,22 +100,6 @@ fn run(spec: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Relative path → bytes of every output image (manifest excluded).
-fn outputs(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut v = Vec::new();
-    for e in walkdir::WalkDir::new(dir) {
-        let e = e.unwrap();
-        if e.file_type().is_file() && e.file_name() != "conjure-manifest.jsonl" {
-            v.push((
-                e.path().strip_prefix(dir).unwrap().to_path_buf(),
-                std::fs::read(e.path()).unwrap(),
-            ));
-        }
-    }
-    v.sort();
-    v
-}
-
 fn manifest(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("conjure-manifest.jsonl"))
         .unwrap()
@@ -157,7 +141,7 @@ fn degrade_and_run_specs(select: impl Fn(&str) -> bool) {
         let out = tmp.path().join(format!("{name}-out"));
         let o = run(&s, &y, &out, &["--set", "sampler.steps=2"]);
         assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
-        let got = outputs(&out);
+        let got = files(&out);
         assert_eq!(got.len(), 1, "{name}");
         for (rel, _) in &got {
             let r = imageio::decode(&out.join(rel)).unwrap();
@@ -193,7 +177,7 @@ fn a_corrupt_input_fails_alone_with_exit_1() {
     );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("broken.png"), "{}", stderr(&o));
-    assert_eq!(outputs(&out).len(), 3);
+    assert_eq!(files(&out).len(), 3);
     let m = manifest(&out);
     let failed: Vec<_> = m.iter().filter(|r| r["status"] == "failed").collect();
     assert_eq!(failed.len(), 1);
@@ -234,7 +218,7 @@ fn outputs_do_not_depend_on_batch_size_or_threads() {
             .output()
             .unwrap();
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        let got = outputs(&out);
+        let got = files(&out);
         assert_eq!(got.len(), 9);
         match &reference {
             None => reference = Some(got),
@@ -258,7 +242,7 @@ fn a_killed_run_resumes_to_complete_identical_outputs() {
     let full = tmp.path().join("full");
     let o = run(&s, &y, &full, &args);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let reference = outputs(&full);
+    let reference = files(&full);
     assert_eq!(reference.len(), 8);
 
     let out = tmp.path().join("out");
@@ -297,13 +281,13 @@ fn a_killed_run_resumes_to_complete_identical_outputs() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    let partial = outputs(&out)
+    let partial = files(&out)
         .into_iter()
         .filter(|(p, _)| !imageio::is_temp_path(p))
         .count();
     assert!(partial < 8, "the run finished before it could be killed");
     // Whatever the kill left (complete outputs, maybe a temporary), every complete output is correct.
-    for (rel, bytes) in outputs(&out) {
+    for (rel, bytes) in files(&out) {
         if !imageio::is_temp_path(&rel) {
             assert!(
                 reference.contains(&(rel.clone(), bytes)),
@@ -315,7 +299,7 @@ fn a_killed_run_resumes_to_complete_identical_outputs() {
     let o = run(&s, &y, &out, &args);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(
-        outputs(&out),
+        files(&out),
         reference,
         "resumed outputs differ, or temporaries remain"
     );

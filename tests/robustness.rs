@@ -12,7 +12,7 @@
 #[path = "common/cli.rs"]
 mod cli;
 
-use cli::{bin, conjure, root, spec, stderr};
+use cli::{bin, conjure, files, root, spec, stderr};
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -92,22 +92,6 @@ fn png(k: usize, h: usize, w: usize) -> Vec<u8> {
 fn put(path: &Path, bytes: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, bytes).unwrap();
-}
-
-/// Every file under `dir` (relative path → bytes), the manifest excluded, temporaries included.
-fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut v = Vec::new();
-    for e in walkdir::WalkDir::new(dir) {
-        let e = e.unwrap();
-        if e.file_type().is_file() && e.file_name() != "conjure-manifest.jsonl" {
-            v.push((
-                e.path().strip_prefix(dir).unwrap().to_path_buf(),
-                std::fs::read(e.path()).unwrap(),
-            ));
-        }
-    }
-    v.sort();
-    v
 }
 
 fn temps(dir: &Path) -> Vec<PathBuf> {

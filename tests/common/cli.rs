@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // each test file uses a subset
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use assert_cmd::Command;
@@ -36,4 +36,21 @@ pub fn spec(name: &str) -> PathBuf {
 /// A finished process's stderr as text.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Every file under `dir` as (relative path, bytes), sorted, the run manifest excluded (temporaries
+/// included, so a test sees any that were left behind).
+pub fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v = Vec::new();
+    for e in walkdir::WalkDir::new(dir) {
+        let e = e.unwrap();
+        if e.file_type().is_file() && e.file_name() != "conjure-manifest.jsonl" {
+            v.push((
+                e.path().strip_prefix(dir).unwrap().to_path_buf(),
+                std::fs::read(e.path()).unwrap(),
+            ));
+        }
+    }
+    v.sort();
+    v
 }
