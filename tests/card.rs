@@ -36,7 +36,13 @@ graphs:
 fn model_dir(card: &str) -> TempDir {
     let dir = tempfile::tempdir().unwrap();
     let src = shipped("fmnist-ddpm");
-    for f in ["denoiser.onnx", "denoiser_vjp.onnx", "weights.bin"] {
+    for f in [
+        "denoiser.onnx",
+        "denoiser_vjp.onnx",
+        "denoiser_residuals.onnx",
+        "denoiser_backward.onnx",
+        "weights.bin",
+    ] {
         // A real file, not a symlink: engines refuse external weights that resolve outside the model
         // directory.
         let dst = dir.path().join(f);
@@ -128,7 +134,15 @@ fn shipped_cards_load() {
         ddpm.graphs.vjp.as_deref(),
         Some(Path::new("denoiser_vjp.onnx"))
     );
+    assert_eq!(
+        ddpm.graphs.split(),
+        Some((
+            &PathBuf::from("denoiser_residuals.onnx"),
+            &PathBuf::from("denoiser_backward.onnx")
+        ))
+    );
     let flow = ModelCard::load(&shipped("fmnist-flow")).unwrap();
+    assert!(flow.graphs.vjp.is_some());
     assert_eq!(flow.model_kind(), ModelKind::Flow);
     assert_eq!(flow.param(), Parameterization::Velocity);
     assert_eq!(flow.schedule, CardSchedule::RectifiedFlow);
@@ -316,4 +330,48 @@ fn load_errors_name_the_directory() {
     o.batch_size = 0;
     let e = load(&shipped("fmnist-ddpm"), &o).unwrap_err().to_string();
     assert!(e.contains("batch_size"), "{e}");
+}
+
+#[test]
+fn split_vjp_roles() {
+    let split =
+        "  forward_residuals: denoiser_residuals.onnx\n  backward: denoiser_backward.onnx\n";
+    // The split pair alone (no single vjp graph) is a VJP: exact Jacobians run on it, on every engine.
+    let card = DDPM_CARD.replace("  vjp: denoiser_vjp.onnx\n", split);
+    let dir = model_dir(&card);
+    let c = ModelCard::load(dir.path()).unwrap();
+    assert!(c.graphs.vjp.is_none() && c.graphs.has_vjp());
+    c.check_jacobian(dir.path(), JacobianMode::Exact).unwrap();
+    for eng in engines() {
+        let m = load(dir.path(), &opts(eng)).unwrap();
+        assert!(m.denoiser.has_vjp(), "{eng:?}");
+    }
+    // Both and the single graph: fine too (today's shipped cards).
+    ModelCard::load(model_dir(&format!("{DDPM_CARD}{split}")).path()).unwrap();
+    // Half a pair is a card error.
+    for half in [
+        "  forward_residuals: denoiser_residuals.onnx\n",
+        "  backward: denoiser_backward.onnx\n",
+    ] {
+        let e = card_err(&format!("{DDPM_CARD}{half}"));
+        assert!(e.contains("come together"), "{e}");
+    }
+    // A graph in the wrong role: the backward graph as forward_residuals has no x, t inputs.
+    let swapped =
+        "  forward_residuals: denoiser_backward.onnx\n  backward: denoiser_backward.onnx\n";
+    for e in load_err(&format!("{DDPM_CARD}{swapped}"), "denoiser_backward.onnx") {
+        assert!(e.contains("forward_residuals graph has inputs"), "{e}");
+    }
+    // Graphs that do not fit together: the plain forward returns no residuals for the backward.
+    let unfit = "  forward_residuals: denoiser.onnx\n  backward: denoiser_backward.onnx\n";
+    let dir = model_dir(&format!("{DDPM_CARD}{unfit}"));
+    for eng in engines() {
+        let e = load(dir.path(), &opts(eng)).unwrap_err().to_string();
+        eprintln!("{eng:?}: {e}");
+        assert!(
+            e.contains("do not fit together")
+                && e.contains(&dir.path().join("model.yaml").display().to_string()),
+            "{eng:?}: {e}"
+        );
+    }
 }

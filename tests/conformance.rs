@@ -540,3 +540,162 @@ fn gpu_only_without_a_gpu_provider_fails_loudly() {
         }
     }
 }
+
+/// A model directory with the shipped graphs of `name` (hard links, or copies) whose card lists only the
+/// forward and the single VJP graph: the model as it was before the split VJP.
+fn single_vjp_copy(name: &str) -> tempfile::TempDir {
+    let src = model_dir(name);
+    let dir = tempfile::tempdir().unwrap();
+    let card = std::fs::read_to_string(src.join("model.yaml")).unwrap();
+    let kept: Vec<&str> = card
+        .lines()
+        .filter(|l| !l.contains("forward_residuals:") && !l.contains("backward:"))
+        .collect();
+    std::fs::write(dir.path().join("model.yaml"), kept.join("\n") + "\n").unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() == "model.yaml" {
+            continue;
+        }
+        let dst = dir.path().join(e.file_name());
+        // Real files: engines refuse external weights that resolve outside the model directory.
+        if std::fs::hard_link(e.path(), &dst).is_err() {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+    dir
+}
+
+/// The shipped models loaded without their split graphs, on `engine`.
+fn single_vjp_models(engine: EngineChoice) -> [(LoadedModel, tempfile::TempDir); 2] {
+    ["fmnist-ddpm", "fmnist-flow"].map(|name| {
+        let dir = single_vjp_copy(name);
+        let m = load(dir.path(), &opts(engine)).unwrap();
+        (m, dir)
+    })
+}
+
+fn engine_of(be: &Backend) -> EngineChoice {
+    if be.name == "tract" {
+        EngineChoice::Tract
+    } else {
+        EngineChoice::OnnxRuntime
+    }
+}
+
+#[test]
+fn split_vjp_equals_single_vjp_graph() {
+    // The shipped cards list forward_residuals + backward: vjp() runs them (with residuals kept by
+    // predict_for_vjp, or recomputed on a miss) and must equal the single VJP graph's (out, vjp) to 1e-5;
+    // the finite-difference check of the split VJP is `vjp_matches_central_finite_differences`.
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let b = 3;
+    let x = noisy_batch(&mut rng, b, 0.7, 0.7);
+    let c = normal(&mut rng, b);
+    for be in backends() {
+        let single = single_vjp_models(engine_of(be));
+        for ((m, t), (s, _)) in [
+            (&be.ddpm, [50.0, 400.0, 900.0]),
+            (&be.flow, [0.1, 0.5, 0.9]),
+        ]
+        .into_iter()
+        .zip(&single)
+        {
+            if m.card.graphs.split().is_none() {
+                eprintln!("{}: {} has no split vjp graphs", be.name, m.card.name);
+                continue;
+            }
+            assert!(s.card.graphs.split().is_none());
+            let (d, sd) = (m.denoiser.as_ref(), s.denoiser.as_ref());
+            let (o1, g1) = sd.vjp(x.view(), &t, c.view()).unwrap();
+            // Miss: no residuals kept, the split pair runs in full.
+            let (o2, g2) = d.vjp(x.view(), &t, c.view()).unwrap();
+            // Hit: predict_for_vjp keeps the residuals, vjp runs only the backward on them.
+            let f = d.predict_for_vjp(x.view(), &t).unwrap();
+            let (o3, g3) = d.vjp(x.view(), &t, c.view()).unwrap();
+            let scale = g1.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            let name = format!("{} {}", be.name, m.card.name);
+            eprintln!(
+                "{name}: split vs single vjp max |diff| out {:.1e}, vjp {:.1e} (scale {scale:.2})",
+                max_abs_diff(&o1, &o2),
+                max_abs_diff(&g1, &g2)
+            );
+            assert!(max_abs_diff(&o1, &o2) <= 1e-5, "{name}: out");
+            assert!(
+                max_abs_diff(&g1, &g2) <= 1e-5 * scale.max(1.0),
+                "{name}: vjp"
+            );
+            assert_eq!(f, o3, "{name}: kept out differs from predict_for_vjp's");
+            assert_eq!(
+                (&o2, &g2),
+                (&o3, &g3),
+                "{name}: kept residuals give another vjp"
+            );
+            assert!(
+                max_abs_diff(&f, &d.predict(x.view(), &t).unwrap()) <= 1e-5,
+                "{name}"
+            );
+            // Residuals are keyed by the exact input: another x or t misses and is still right.
+            let f = d.predict_for_vjp(x.view(), &t).unwrap();
+            let t2: Vec<f64> = t.iter().map(|v| v * 0.5).collect();
+            let (o4, g4) = d.vjp(x.view(), &t2, c.view()).unwrap();
+            let (o5, g5) = sd.vjp(x.view(), &t2, c.view()).unwrap();
+            assert!(
+                max_abs_diff(&o4, &o5) <= 1e-5 && max_abs_diff(&f, &o4) > 1e-3,
+                "{name}"
+            );
+            assert!(max_abs_diff(&g4, &g5) <= 1e-5 * scale.max(1.0), "{name}");
+        }
+    }
+}
+
+#[test]
+fn c_pigdm_with_split_graphs_equals_single_vjp() {
+    // End to end: C-ΠGDM (forward, then the VJP at the same x every step) on 4× super-resolution of
+    // two images gives the same reconstructions with the split graphs as with the single VJP graph.
+    use conjure::operators::{OperatorRef, SrAverage};
+    use conjure::samplers::c_pigdm::CPigdm;
+    use conjure::samplers::{Problem, Sampler, SamplerConfig, SamplerName};
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let x_true = noisy_batch(&mut rng, 2, 1.0, 0.0);
+    let op: OperatorRef = std::sync::Arc::new(SrAverage::new([1, 32, 32], 4).unwrap());
+    for be in backends() {
+        let single = single_vjp_models(engine_of(be));
+        let m = &be.ddpm;
+        let sched = m.card.model_schedule(&model_dir("fmnist-ddpm")).unwrap();
+        let sampler =
+            CPigdm::from_config(&SamplerConfig::new(SamplerName::CPigdm), &sched).unwrap();
+        let run = |d: &dyn Denoiser| {
+            let net = Network::new(
+                d,
+                ModelKind::Diffusion,
+                m.card.param(),
+                m.card.time_input(),
+                JacobianMode::Exact,
+            );
+            let mut problems: Vec<Problem> = x_true
+                .outer_iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    Problem::new(op.clone(), op.forward(&x.to_owned()), 0.0, i as u64).unwrap()
+                })
+                .collect();
+            let xs = sampler.sample(&net, &mut problems).unwrap();
+            (xs, net.forwards(), net.vjps())
+        };
+        let (a, fa, va) = run(m.denoiser.as_ref());
+        let (b, fb, vb) = run(single[0].0.denoiser.as_ref());
+        assert_eq!((fa, va), (fb, vb));
+        assert!(va > 0, "C-ΠGDM takes VJPs");
+        let diff = a
+            .iter()
+            .zip(&b)
+            .flat_map(|(p, q)| p.iter().zip(q).map(|(u, v)| (u - v).abs()))
+            .fold(0.0, f64::max);
+        eprintln!(
+            "{}: C-ΠGDM split vs single vjp max |diff| {diff:.1e}",
+            be.name
+        );
+        assert!(diff <= 1e-5, "{}: {diff}", be.name);
+    }
+}

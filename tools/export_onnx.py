@@ -5,7 +5,9 @@ Writes into ``--out DIR``:
 
 * ``forward.onnx``  inputs ``x`` [B,C,H,W] f32, ``t`` [B] f32 → ``out`` [B,C,H,W]
 * ``vjp.onnx``      inputs ``x``, ``t``, ``cotangent`` → ``out``, ``vjp`` = (∂out/∂x)ᵀ·cotangent
-* ``weights.bin``   the ONE external-data file both graphs read their weights from
+* ``forward_residuals.onnx``  inputs ``x``, ``t`` → ``out``, ``r0`` … ``r{k-1}`` (the split VJP's forward)
+* ``backward.onnx``  inputs ``r0`` … ``r{k-1}``, ``cotangent`` → ``vjp`` (input gradient only)
+* ``weights.bin``   the ONE external-data file all graphs read their weights from
 * ``model.yaml``    the model card (kind, parameterization, schedule, time input, image, value range)
 
 ONNX opset 20, batch dimension dynamic, float32. The VJP graph follows design.md §5: the function
@@ -14,6 +16,11 @@ torch's core ATen decompositions plus three hand-written backward decompositions
 input gradient as a transposed convolution, upsample_nearest2d_backward as a reshape-sum, avg_pool2d_backward
 as a depthwise transposed convolution), with scaled-dot-product attention forced to the math backend, and
 the traced graph is exported with ``torch.onnx.export(dynamo=True)``.
+
+The split VJP (:func:`split_vjp`) cuts that same joint trace in two, so that a sampler which needs the
+forward output before it can form the cotangent (C-ΠGDM) pays one forward and one backward per step instead of
+a forward plus a VJP graph that re-runs the forward: every forward value the backward reads is a residual
+(no recomputation; the choice against AOT autograd's min-cut rematerialization is argued there).
 
 At the end the export is SELF-CHECKED: ONNX Runtime (CPU) against PyTorch (forward and autograd VJP) on
 random inputs at batch 1 and 2; the maximum relative error (max |onnx − torch| / max |torch|) of each output
@@ -480,6 +487,9 @@ def export(prep: Prepared, out_dir: Path, name: str, log=print) -> dict:
 
     for model in (fwd, vjp, fres, bwd):
         model.producer_name = "conjure tools/export_onnx.py"
+        # Per-node debug records of the exporter (fx node, name scopes): two thirds of a graph file.
+        for node in model.graph:
+            node.metadata_props.clear()
         # dynamo names the dynamic dimension after the Dim; make the ONNX symbol explicit and uniform.
         for value in list(model.graph.inputs) + list(model.graph.outputs):
             # (residuals keep the exporter's symbols: their first dimension may be a multiple of the batch)

@@ -78,6 +78,25 @@ pub struct CardGraphs {
     pub forward: PathBuf,
     #[serde(default)]
     pub vjp: Option<PathBuf>,
+    /// The split VJP's first half: (x, t) → (out, r₁ … r_k), the forward that also returns the residuals
+    /// its backward reads. Listed together with `backward`.
+    #[serde(default)]
+    pub forward_residuals: Option<PathBuf>,
+    /// The split VJP's second half: (r₁ … r_k, cotangent) → vjp = (∂out/∂x)ᵀ·cotangent.
+    #[serde(default)]
+    pub backward: Option<PathBuf>,
+}
+
+impl CardGraphs {
+    /// The split VJP pair (forward_residuals, backward), when the card lists it.
+    pub fn split(&self) -> Option<(&PathBuf, &PathBuf)> {
+        self.forward_residuals.as_ref().zip(self.backward.as_ref())
+    }
+
+    /// Whether the model has a VJP: the single `vjp` graph or the split pair.
+    pub fn has_vjp(&self) -> bool {
+        self.vjp.is_some() || self.split().is_some()
+    }
 }
 
 impl ModelCard {
@@ -171,7 +190,19 @@ impl ModelCard {
                 img.value_range
             )));
         }
-        for g in std::iter::once(&self.graphs.forward).chain(self.graphs.vjp.iter()) {
+        let gr = &self.graphs;
+        if gr.forward_residuals.is_some() != gr.backward.is_some() {
+            return Err(bad(
+                "graphs.forward_residuals and graphs.backward come together (the split vjp); \
+                 the card lists only one of them"
+                    .into(),
+            ));
+        }
+        let listed = std::iter::once(&gr.forward)
+            .chain(gr.vjp.iter())
+            .chain(gr.forward_residuals.iter())
+            .chain(gr.backward.iter());
+        for g in listed {
             if !dir.join(g).is_file() {
                 return Err(bad(format!(
                     "graph file {} not found",
@@ -182,10 +213,10 @@ impl ModelCard {
         Ok(())
     }
 
-    /// Check that the spec's Jacobian mode can run on this model: `jacobian: exact` needs a `vjp` graph.
-    /// `dir` names the model directory in the error.
+    /// Check that the spec's Jacobian mode can run on this model: `jacobian: exact` needs a `vjp` graph
+    /// (or the split pair `forward_residuals` + `backward`). `dir` names the model directory in the error.
     pub fn check_jacobian(&self, dir: &Path, mode: JacobianMode) -> Result<()> {
-        if mode == JacobianMode::Exact && self.graphs.vjp.is_none() {
+        if mode == JacobianMode::Exact && !self.graphs.has_vjp() {
             return Err(Error::Model {
                 path: dir.join("model.yaml"),
                 message:
@@ -213,14 +244,24 @@ impl ModelCard {
             message,
         };
         let (want_in, want_out): (&[&str], &[&str]) = match role {
-            GraphRole::Forward => (&["x", "t"], &["out"]),
+            GraphRole::Forward | GraphRole::ForwardResiduals => (&["x", "t"], &["out"]),
             GraphRole::Vjp => (&["x", "t", "cotangent"], &["out", "vjp"]),
+            GraphRole::Backward => (&["cotangent"], &["vjp"]),
         };
         let names = |ts: &[TensorDecl]| ts.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        // The split pair's residuals: the outputs of forward_residuals beyond `out`, the inputs of backward
+        // beyond `cotangent` (any names, types and shapes; check_residuals matches the two lists).
+        let residual = |t: &TensorDecl| match role {
+            GraphRole::ForwardResiduals => io.outputs.contains(t) && t.name != "out",
+            GraphRole::Backward => io.inputs.contains(t) && t.name != "cotangent",
+            _ => false,
+        };
         for (what, decls, want) in [
             ("inputs", &io.inputs, want_in),
             ("outputs", &io.outputs, want_out),
         ] {
+            let decls: Vec<TensorDecl> = decls.iter().filter(|t| !residual(t)).cloned().collect();
+            let decls = &decls;
             let mut have = names(decls);
             have.sort();
             let mut expect: Vec<String> = want.iter().map(|s| s.to_string()).collect();
@@ -237,7 +278,7 @@ impl ModelCard {
         let img = &self.image;
         let image = [img.channels, img.height, img.width];
         let mut batch: Option<(usize, String)> = None;
-        for decl in io.inputs.iter().chain(&io.outputs) {
+        for decl in io.inputs.iter().chain(&io.outputs).filter(|t| !residual(t)) {
             if let Some(ty) = &decl.elem_type {
                 if ty != "float32" {
                     return Err(bad(format!(
@@ -298,6 +339,39 @@ impl ModelCard {
             return Err(bad(format!("{name} has batch dimension 0 (expected >= 1)")));
         }
         Ok(batch.map(|(b, _)| b))
+    }
+
+    /// The residuals of the split VJP: the outputs of `forward_residuals` other than `out`, in that
+    /// graph's order, which must be exactly the inputs of `backward` other than `cotangent`. `dir` names
+    /// the model directory in the error.
+    pub fn check_residuals(&self, dir: &Path, fwd: &GraphIo, bwd: &GraphIo) -> Result<Vec<String>> {
+        let res: Vec<String> = fwd
+            .outputs
+            .iter()
+            .filter(|t| t.name != "out")
+            .map(|t| t.name.clone())
+            .collect();
+        let mut have: Vec<&str> = bwd
+            .inputs
+            .iter()
+            .filter(|t| t.name != "cotangent")
+            .map(|t| t.name.as_str())
+            .collect();
+        let mut want: Vec<&str> = res.iter().map(String::as_str).collect();
+        have.sort_unstable();
+        want.sort_unstable();
+        if have != want {
+            let missing: Vec<&&str> = want.iter().filter(|n| !have.contains(n)).collect();
+            let extra: Vec<&&str> = have.iter().filter(|n| !want.contains(n)).collect();
+            return Err(Error::Model {
+                path: dir.join("model.yaml"),
+                message: format!(
+                    "the split vjp graphs do not fit together: backward lacks the residuals {missing:?} \
+                     that forward_residuals returns, and reads {extra:?} that it does not return"
+                ),
+            });
+        }
+        Ok(res)
     }
 
     pub fn model_kind(&self) -> ModelKind {
@@ -376,6 +450,10 @@ pub enum GraphRole {
     Forward,
     /// `graphs.vjp`: (x, t, cotangent) → (out, vjp).
     Vjp,
+    /// `graphs.forward_residuals`: (x, t) → (out, r₁ … r_k).
+    ForwardResiduals,
+    /// `graphs.backward`: (r₁ … r_k, cotangent) → vjp.
+    Backward,
 }
 
 impl GraphRole {
@@ -383,6 +461,8 @@ impl GraphRole {
         match self {
             GraphRole::Forward => "forward",
             GraphRole::Vjp => "vjp",
+            GraphRole::ForwardResiduals => "forward_residuals",
+            GraphRole::Backward => "backward",
         }
     }
 }

@@ -2,7 +2,7 @@
 //! (parameterization, time input, Jacobian mode, NFE accounting), and the analytic denoisers used as test
 //! oracles and in benchmarks.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use ndarray::{Array4, ArrayView4, Axis};
 
@@ -53,6 +53,14 @@ pub trait Denoiser: Send + Sync {
     fn engine(&self) -> String;
     /// out = f(x, t) for a batch x [B, C, H, W] and network time inputs t [B].
     fn predict(&self, x: ArrayView4<f64>, t: &[f64]) -> Result<Array4<f64>>;
+    /// `out = f(x, t)` for a caller that will ask for the VJP at exactly this (x, t) next: a denoiser
+    /// with split VJP graphs runs its forward-with-residuals graph and keeps the residuals, so that the
+    /// following [`vjp`](Self::vjp) runs only the backward graph. Same result as
+    /// [`predict`](Self::predict), which is what it defaults to. Wrappers forward it to their inner
+    /// denoiser.
+    fn predict_for_vjp(&self, x: ArrayView4<f64>, t: &[f64]) -> Result<Array4<f64>> {
+        self.predict(x, t)
+    }
     /// Whether [`vjp`](Self::vjp) is available.
     fn has_vjp(&self) -> bool;
     /// (out, (∂out/∂x)ᵀ cot) for a batch.
@@ -90,6 +98,10 @@ pub struct Network<'a> {
     /// Relative step of the finite-difference Jacobian (h = fd_eps · (1 + rms(x)) / rms(v)).
     pub fd_eps: f64,
     pub nfe: NfeCounter,
+    /// Set by the first exact VJP: from then on forwards go through [`Denoiser::predict_for_vjp`], since
+    /// a sampler that takes VJPs takes them at the x of its forwards (C-ΠGDM's cotangent needs this step's
+    /// ε first). A sampler that never asks for a VJP (DDIM, DDRM) keeps running the plain forward graph.
+    vjp_asked: AtomicBool,
 }
 
 impl<'a> Network<'a> {
@@ -108,6 +120,7 @@ impl<'a> Network<'a> {
             jacobian,
             fd_eps: 1e-3,
             nfe: NfeCounter::default(),
+            vjp_asked: AtomicBool::new(false),
         }
     }
 
@@ -126,7 +139,13 @@ impl<'a> Network<'a> {
     pub fn raw(&self, xs: &[Img], t_net: f64) -> Result<Vec<Img>> {
         let x = stack(xs)?;
         self.nfe.forwards.fetch_add(xs.len(), Ordering::Relaxed);
-        let out = self.denoiser.predict(x.view(), &vec![t_net; xs.len()])?;
+        let t = vec![t_net; xs.len()];
+        let out = if self.jacobian == JacobianMode::Exact && self.vjp_asked.load(Ordering::Relaxed)
+        {
+            self.denoiser.predict_for_vjp(x.view(), &t)?
+        } else {
+            self.denoiser.predict(x.view(), &t)?
+        };
         check_finite(&out)?;
         Ok(unstack(out))
     }
@@ -138,6 +157,7 @@ impl<'a> Network<'a> {
                 let x = stack(xs)?;
                 let m = stack(ms)?;
                 self.nfe.vjps.fetch_add(xs.len(), Ordering::Relaxed);
+                self.vjp_asked.store(true, Ordering::Relaxed);
                 let (out, g) = self
                     .denoiser
                     .vjp(x.view(), &vec![t_net; xs.len()], m.view())?;
@@ -623,4 +643,175 @@ pub(crate) fn run_batched(
         start += len;
     }
     Ok(outs)
+}
+
+/// Residuals of the split VJP kept between [`Denoiser::predict_for_vjp`] and [`Denoiser::vjp`], in the
+/// engine's own values (`R`: ONNX Runtime values, tract tensors), keyed by the exact f32 chunk (x, t) the
+/// backend ran; a VJP chunk that finds its entry runs only the backward graph and takes the entry out.
+/// At most `budget` bytes of residuals are kept: the oldest entries go first (a VJP that then misses runs
+/// forward-with-residuals again, so results never depend on the budget).
+#[cfg_attr(not(any(feature = "tract", feature = "onnxruntime")), allow(dead_code))]
+pub(crate) struct ResidualCache<R> {
+    entries: std::sync::Mutex<std::collections::VecDeque<Kept<R>>>,
+    budget: usize,
+}
+
+#[cfg_attr(not(any(feature = "tract", feature = "onnxruntime")), allow(dead_code))]
+struct Kept<R> {
+    x: Array4<f32>,
+    t: ndarray::Array1<f32>,
+    out: Array4<f32>,
+    residuals: R,
+    bytes: usize,
+}
+
+#[cfg_attr(not(any(feature = "tract", feature = "onnxruntime")), allow(dead_code))]
+impl<R> ResidualCache<R> {
+    /// Residuals kept by default: 1 GiB.
+    pub const DEFAULT_BUDGET: usize = 1 << 30;
+
+    pub fn new(budget: usize) -> Self {
+        ResidualCache {
+            entries: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            budget,
+        }
+    }
+
+    /// Keep the residuals (`bytes` large) and forward output of the chunk (x, t).
+    pub fn put(
+        &self,
+        x: Array4<f32>,
+        t: ndarray::Array1<f32>,
+        out: Array4<f32>,
+        residuals: R,
+        bytes: usize,
+    ) {
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if bytes > self.budget {
+            return;
+        }
+        let mut total: usize = e.iter().map(|k| k.bytes).sum::<usize>() + bytes;
+        while total > self.budget {
+            match e.pop_front() {
+                Some(k) => total -= k.bytes,
+                None => break,
+            }
+        }
+        e.push_back(Kept {
+            x,
+            t,
+            out,
+            residuals,
+            bytes,
+        });
+    }
+
+    /// Take out the forward output and residuals kept for exactly this chunk (x, t), if any.
+    pub fn take(&self, x: &Array4<f32>, t: &ndarray::Array1<f32>) -> Option<(Array4<f32>, R)> {
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let i = e.iter().position(|k| k.t == *t && k.x == *x)?;
+        let k = e.remove(i)?;
+        Some((k.out, k.residuals))
+    }
+
+    /// Number of chunks kept.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts which entry point the Network used; out = x, vjp = cotangent.
+    #[derive(Default)]
+    struct Counting {
+        plain: AtomicUsize,
+        for_vjp: AtomicUsize,
+    }
+
+    impl Denoiser for Counting {
+        fn engine(&self) -> String {
+            "counting".into()
+        }
+        fn predict(&self, x: ArrayView4<f64>, _: &[f64]) -> Result<Array4<f64>> {
+            self.plain.fetch_add(1, Ordering::Relaxed);
+            Ok(x.to_owned())
+        }
+        fn predict_for_vjp(&self, x: ArrayView4<f64>, _: &[f64]) -> Result<Array4<f64>> {
+            self.for_vjp.fetch_add(1, Ordering::Relaxed);
+            Ok(x.to_owned())
+        }
+        fn has_vjp(&self) -> bool {
+            true
+        }
+        fn vjp(
+            &self,
+            x: ArrayView4<f64>,
+            _: &[f64],
+            cot: ArrayView4<f64>,
+        ) -> Result<(Array4<f64>, Array4<f64>)> {
+            Ok((x.to_owned(), cot.to_owned()))
+        }
+    }
+
+    #[test]
+    fn forwards_keep_residuals_once_the_sampler_asks_for_vjps() {
+        let xs = vec![Img::zeros((1, 2, 2)); 2];
+        for mode in [
+            JacobianMode::Exact,
+            JacobianMode::FiniteDifference,
+            JacobianMode::Identity,
+        ] {
+            let d = Counting::default();
+            let net = Network::new(
+                &d,
+                ModelKind::Diffusion,
+                Parameterization::Eps,
+                TimeInput::Unit,
+                mode,
+            );
+            // A forward-only sampler: plain forwards only.
+            net.raw(&xs, 0.5).unwrap();
+            net.raw(&xs, 0.5).unwrap();
+            assert_eq!(d.plain.load(Ordering::Relaxed), 2);
+            // A sampler that takes VJPs at its forwards' x: from then on forwards keep residuals.
+            let plain_before = d.plain.load(Ordering::Relaxed);
+            net.raw_jt(&xs, 0.5, &xs).unwrap();
+            let plain_jt = d.plain.load(Ordering::Relaxed) - plain_before;
+            net.raw(&xs, 0.5).unwrap();
+            let kept = d.for_vjp.load(Ordering::Relaxed);
+            match mode {
+                JacobianMode::Exact => assert_eq!((plain_jt, kept), (0, 1)),
+                // Finite differences probe with plain forwards; identity runs none.
+                JacobianMode::FiniteDifference => assert_eq!((plain_jt, kept), (1, 0)),
+                JacobianMode::Identity => assert_eq!((plain_jt, kept), (0, 0)),
+            }
+        }
+    }
+
+    #[test]
+    fn residual_cache_matches_exact_inputs_within_its_budget() {
+        let x = |v: f32| Array4::from_elem((1, 1, 2, 2), v);
+        let t = |v: f32| ndarray::Array1::from_elem(1, v);
+        let cache = ResidualCache::new(100);
+        cache.put(x(1.0), t(0.5), x(10.0), "a", 40);
+        cache.put(x(2.0), t(0.5), x(20.0), "b", 40);
+        // Another t, another x: no match.
+        assert!(cache.take(&x(1.0), &t(0.6)).is_none());
+        assert!(cache.take(&x(3.0), &t(0.5)).is_none());
+        assert_eq!(cache.take(&x(1.0), &t(0.5)), Some((x(10.0), "a")));
+        // Taken out: a second take misses.
+        assert!(cache.take(&x(1.0), &t(0.5)).is_none());
+        // Over budget: the oldest entries go first; an entry larger than the budget is not kept.
+        cache.put(x(3.0), t(0.5), x(30.0), "c", 40);
+        cache.put(x(4.0), t(0.5), x(40.0), "d", 40);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.take(&x(2.0), &t(0.5)).is_none());
+        cache.put(x(5.0), t(0.5), x(50.0), "e", 101);
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.take(&x(4.0), &t(0.5)), Some((x(40.0), "d")));
+    }
 }

@@ -34,10 +34,11 @@ use ndarray::{Array4, ArrayView4};
 use ort::ep::{self, ExecutionProviderDispatch};
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
-use ort::value::{Tensor, ValueType};
+use ort::session::SessionInputValue;
+use ort::value::{DynValue, Tensor, ValueType};
 
 use super::card::{GraphIo, GraphRole, ModelCard, TensorDecl};
-use super::{run_batched, Denoiser, F32Chunk, Provider, RuntimeOptions};
+use super::{run_batched, Denoiser, F32Chunk, Provider, ResidualCache, RuntimeOptions};
 use crate::error::{Error, Result};
 
 /// The loaded ONNX Runtime library and its environment (one per process).
@@ -315,6 +316,10 @@ fn short_provider(ort_name: &str) -> String {
 pub struct OrtDenoiser {
     forward: OrtGraph,
     vjp: Option<OrtGraph>,
+    /// The split VJP (forward_residuals, backward), preferred over `vjp` when the card lists it.
+    split: Option<(OrtGraph, OrtGraph)>,
+    /// Residuals of forward_residuals calls, as ONNX Runtime values, until their backward call.
+    kept: ResidualCache<Vec<DynValue>>,
     image: [usize; 3],
     batch_size: usize,
     version: String,
@@ -346,9 +351,25 @@ impl OrtDenoiser {
             )?),
             None => None,
         };
+        let split = match card.graphs.split() {
+            Some((f, b)) => {
+                let f = dir.join(f);
+                let b = dir.join(b);
+                let mut fres = OrtGraph::open(rt, &f, GraphRole::ForwardResiduals, card, opts)?;
+                let mut bwd = OrtGraph::open(rt, &b, GraphRole::Backward, card, opts)?;
+                let res = card.check_residuals(dir, &fres.io, &bwd.io)?;
+                fres.res_names = res.clone();
+                bwd.res_names = res;
+                OrtGraph::detect_split_providers(&mut fres, &mut bwd, card, opts)?;
+                Some((fres, bwd))
+            }
+            None => None,
+        };
         Ok(OrtDenoiser {
             forward,
             vjp,
+            split,
+            kept: ResidualCache::new(ResidualCache::<Vec<DynValue>>::DEFAULT_BUDGET),
             image,
             batch_size: opts.batch_size.max(1),
             version: rt.version.clone(),
@@ -392,8 +413,30 @@ impl Denoiser for OrtDenoiser {
         Ok(out.remove(0))
     }
 
+    fn predict_for_vjp(&self, x: ArrayView4<f64>, t: &[f64]) -> Result<Array4<f64>> {
+        let Some((fres, _)) = &self.split else {
+            return self.predict(x, t);
+        };
+        let mut out = run_batched(
+            self.image,
+            x,
+            t,
+            None,
+            self.batch_size,
+            fres.fixed_batch,
+            1,
+            |c| {
+                let (out, res) = fres.run_residuals(&c)?;
+                let bytes = res.iter().map(value_bytes).sum();
+                self.kept.put(c.x, c.t, out.clone(), res, bytes);
+                Ok(vec![out])
+            },
+        )?;
+        Ok(out.remove(0))
+    }
+
     fn has_vjp(&self) -> bool {
-        self.vjp.is_some()
+        self.vjp.is_some() || self.split.is_some()
     }
 
     fn vjp(
@@ -402,6 +445,28 @@ impl Denoiser for OrtDenoiser {
         t: &[f64],
         cot: ArrayView4<f64>,
     ) -> Result<(Array4<f64>, Array4<f64>)> {
+        if let Some((fres, bwd)) = &self.split {
+            let mut outs = run_batched(
+                self.image,
+                x,
+                t,
+                Some(cot),
+                self.batch_size,
+                fres.fixed_batch,
+                2,
+                |c| {
+                    let (out, res) = match self.kept.take(&c.x, &c.t) {
+                        Some(kept) => kept,
+                        None => fres.run_residuals(&c)?,
+                    };
+                    let cot = c.cot.expect("a vjp chunk has a cotangent");
+                    Ok(vec![out, bwd.run_backward(&res, cot)?])
+                },
+            )?;
+            let vjp = outs.pop().expect("two outputs");
+            let out = outs.pop().expect("two outputs");
+            return Ok((out, vjp));
+        }
         let Some(g) = &self.vjp else {
             return Err(Error::Unsupported(
                 "onnxruntime: the model has no vjp graph; use jacobian: finite-difference or identity"
@@ -434,6 +499,19 @@ struct OrtGraph {
     has_cot: bool,
     /// Providers that run this graph's nodes, most nodes first.
     providers: Vec<String>,
+    /// The declared inputs and outputs.
+    io: GraphIo,
+    /// Split VJP graphs: the residual names (outputs of forward_residuals beyond `out`, inputs of
+    /// backward beyond `cotangent`), in forward_residuals' output order.
+    res_names: Vec<String>,
+}
+
+/// Bytes held by an ONNX Runtime tensor value (0 for anything else).
+fn value_bytes(v: &DynValue) -> usize {
+    match v.dtype() {
+        ValueType::Tensor { ty, shape, .. } => ty.byte_size(shape.num_elements()).unwrap_or(0),
+        _ => 0,
+    }
 }
 
 impl OrtGraph {
@@ -454,8 +532,10 @@ impl OrtGraph {
         let trt_shapes = |n: usize| {
             let im = format!("{n}x{}x{}x{}", img.channels, img.height, img.width);
             match role {
-                GraphRole::Forward => format!("x:{im},t:{n}"),
-                GraphRole::Vjp => format!("x:{im},t:{n},cotangent:{im}"),
+                GraphRole::Forward | GraphRole::ForwardResiduals => Some(format!("x:{im},t:{n}")),
+                GraphRole::Vjp => Some(format!("x:{im},t:{n},cotangent:{im}")),
+                // The residuals' shapes are the graph's own: TensorRT builds for the shapes it sees.
+                GraphRole::Backward => None,
             }
         };
         let mut builder = session_builder(rt, path, opts, &trt_shapes)?;
@@ -474,8 +554,9 @@ impl OrtGraph {
         let io = session_io(&session);
         let fixed_batch = card.check_graph_io(path, role, &io)?;
         let out_names: Vec<&'static str> = match role {
-            GraphRole::Forward => vec!["out"],
+            GraphRole::Forward | GraphRole::ForwardResiduals => vec!["out"],
             GraphRole::Vjp => vec!["out", "vjp"],
+            GraphRole::Backward => vec!["vjp"],
         };
         let mut graph = OrtGraph {
             path: path.to_path_buf(),
@@ -484,8 +565,49 @@ impl OrtGraph {
             out_names,
             has_cot: role == GraphRole::Vjp,
             providers: Vec::new(),
+            io,
+            res_names: Vec::new(),
         };
-        let summary = graph.detect_providers(card)?;
+        if matches!(role, GraphRole::Forward | GraphRole::Vjp) {
+            let summary = graph.detect_providers(card)?;
+            graph.check_providers(summary, opts)?;
+        }
+        Ok(graph)
+    }
+
+    /// Provider detection for the split pair: one warm-up of forward_residuals, whose residuals feed
+    /// one warm-up of backward.
+    fn detect_split_providers(
+        fres: &mut OrtGraph,
+        bwd: &mut OrtGraph,
+        card: &ModelCard,
+        opts: &RuntimeOptions,
+    ) -> Result<()> {
+        let n = fres.fixed_batch.unwrap_or(1);
+        let img = &card.image;
+        let zeros = || Array4::<f32>::zeros((n, img.channels, img.height, img.width));
+        let (_, res) = fres.run_residuals(&F32Chunk {
+            x: zeros(),
+            t: ndarray::Array1::zeros(n),
+            cot: None,
+        })?;
+        bwd.run_backward(&res, zeros())?;
+        drop(res);
+        for g in [fres, bwd] {
+            let summary = g.end_profile()?;
+            g.check_providers(summary, opts)?;
+        }
+        Ok(())
+    }
+
+    /// Record which providers run the graph; refuse cpu compute nodes when cpu was not asked for.
+    fn check_providers(&mut self, summary: ProfileSummary, opts: &RuntimeOptions) -> Result<()> {
+        let path = self.path.clone();
+        let err = |message: String| Error::Model {
+            path: path.clone(),
+            message,
+        };
+        let graph = self;
         graph.providers = summary.providers;
         let asked_cpu = opts.providers.contains(&Provider::Cpu);
         if !asked_cpu && !summary.cpu_compute.is_empty() {
@@ -505,12 +627,11 @@ impl OrtGraph {
             );
         }
         tracing::info!(
-            "{}: onnx runtime {} runs on {}",
+            "{}: onnx runtime runs on {}",
             path.display(),
-            rt.version,
             graph.providers.join("+")
         );
-        Ok(graph)
+        Ok(())
     }
 
     /// One warm-up call with ONNX Runtime's profiler on; the profile says which provider ran each node.
@@ -523,6 +644,11 @@ impl OrtGraph {
             t: ndarray::Array1::zeros(n),
             cot: self.has_cot.then(zeros),
         })?;
+        self.end_profile()
+    }
+
+    /// End the profiling of the warm-up call and summarise it.
+    fn end_profile(&mut self) -> Result<ProfileSummary> {
         let file = self
             .session
             .get_mut()
@@ -575,6 +701,87 @@ impl OrtGraph {
             })
             .collect()
     }
+}
+
+impl OrtGraph {
+    fn engine_error(&self, e: impl std::fmt::Display) -> Error {
+        Error::Engine {
+            engine: "onnxruntime".into(),
+            message: format!("{}: {e}", self.path.display()),
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Session>> {
+        self.session.lock().map_err(|_| Error::Engine {
+            engine: "onnxruntime".into(),
+            message: format!(
+                "{}: session poisoned by an earlier panic",
+                self.path.display()
+            ),
+        })
+    }
+
+    /// forward_residuals on a chunk: `out` as an array, the residuals as the session's own output values
+    /// (no copy), in `res_names` order.
+    fn run_residuals(&self, chunk: &F32Chunk) -> Result<(Array4<f32>, Vec<DynValue>)> {
+        let eng = |e: ort::Error| self.engine_error(e);
+        let inputs = vec![
+            (
+                "x",
+                Tensor::from_array(chunk.x.clone()).map_err(eng)?.upcast(),
+            ),
+            (
+                "t",
+                Tensor::from_array(chunk.t.clone()).map_err(eng)?.upcast(),
+            ),
+        ];
+        let mut session = self.lock()?;
+        let mut outputs = session.run(inputs).map_err(eng)?;
+        let out = extract4(&outputs, "out").map_err(|e| self.engine_error(e))?;
+        let res = self
+            .res_names
+            .iter()
+            .map(|n| {
+                outputs
+                    .remove(n)
+                    .ok_or_else(|| self.engine_error(format!("no output {n}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((out, res))
+    }
+
+    /// backward on kept residuals (`res_names` order) and a cotangent chunk.
+    fn run_backward(&self, res: &[DynValue], cot: Array4<f32>) -> Result<Array4<f32>> {
+        let eng = |e: ort::Error| self.engine_error(e);
+        let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> = self
+            .res_names
+            .iter()
+            .zip(res)
+            .map(|(n, v)| (n.as_str().into(), v.into()))
+            .collect();
+        inputs.push((
+            "cotangent".into(),
+            Tensor::from_array(cot).map_err(eng)?.upcast().into(),
+        ));
+        let mut session = self.lock()?;
+        let outputs = session.run(inputs).map_err(eng)?;
+        extract4(&outputs, "vjp").map_err(|e| self.engine_error(e))
+    }
+}
+
+/// A rank-4 f32 output of a run, copied out.
+fn extract4(
+    outputs: &ort::session::SessionOutputs<'_>,
+    name: &str,
+) -> std::result::Result<Array4<f32>, String> {
+    let v = outputs
+        .get(name)
+        .ok_or_else(|| format!("no output {name}"))?;
+    let a = v.try_extract_array::<f32>().map_err(|e| e.to_string())?;
+    let a = a
+        .into_dimensionality::<ndarray::Ix4>()
+        .map_err(|e| format!("{name}: {e}"))?;
+    Ok(a.to_owned())
 }
 
 /// What ONNX Runtime's session profile says about placement.
@@ -654,7 +861,7 @@ fn session_builder(
     rt: &OrtRuntime,
     path: &Path,
     opts: &RuntimeOptions,
-    trt_shapes: &dyn Fn(usize) -> String,
+    trt_shapes: &dyn Fn(usize) -> Option<String>,
 ) -> Result<SessionBuilder> {
     let err = |message: String| Error::Model {
         path: path.to_path_buf(),
@@ -670,7 +877,14 @@ fn session_builder(
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| err(format!("onnx runtime optimization level: {e}")))?
         .with_intra_threads(threads)
-        .map_err(|e| err(format!("invalid threads {threads}: {e}")))?;
+        .map_err(|e| err(format!("invalid threads {threads}: {e}")))?
+        // Each session has its own intra-op pool, and a model has up to four sessions that run one after
+        // another: threads that spin-wait after a call take the cores from the next session's threads
+        // (and from the sampler). Without spinning, ONNX Runtime in Python on 2 shared cores ran the
+        // fmnist-ddpm forward at batch 1 in 70 ms instead of 422 ms, forward + VJP in 231 ms instead of
+        // 1473 ms (medians of 15 interleaved runs, 2 threads, on a loaded machine).
+        .with_intra_op_spinning(false)
+        .map_err(|e| err(format!("onnx runtime intra-op spinning: {e}")))?;
     let asked_cpu = opts.providers.contains(&Provider::Cpu);
     if opts.providers.is_empty() {
         return Err(Error::invalid(
@@ -689,10 +903,13 @@ fn session_builder(
             Provider::TensorRt => {
                 // One engine for every batch size 1..=batch_size, so TensorRT never rebuilds it.
                 let max = opts.batch_size.max(1);
-                let mut trt = ep::TensorRT::default()
-                    .with_profile_min_shapes(trt_shapes(1))
-                    .with_profile_opt_shapes(trt_shapes(max))
-                    .with_profile_max_shapes(trt_shapes(max));
+                let mut trt = ep::TensorRT::default();
+                if let (Some(min), Some(opt)) = (trt_shapes(1), trt_shapes(max)) {
+                    trt = trt
+                        .with_profile_min_shapes(min)
+                        .with_profile_opt_shapes(&opt)
+                        .with_profile_max_shapes(opt);
+                }
                 if let Some(dir) = &opts.trt_cache {
                     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
                     let d = dir.display().to_string();
@@ -813,6 +1030,36 @@ mod tests {
         if let Ok(name) = g.session.get_mut().unwrap().end_profiling() {
             assert!(name.is_empty(), "profiling still on: {name}");
         }
+    }
+
+    #[test]
+    fn split_vjp_keeps_residuals_from_predict_for_vjp_to_vjp() {
+        if runtime().is_err() {
+            return; // reported by profiling_stops_after_provider_detection
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist-ddpm");
+        let card = ModelCard::load(&dir).unwrap();
+        let opts = RuntimeOptions {
+            providers: vec![Provider::Cpu],
+            threads: 1,
+            batch_size: 2,
+            ..RuntimeOptions::default()
+        };
+        let d = OrtDenoiser::load(&dir, &card, &opts).unwrap();
+        assert!(d.split.is_some());
+        let x = Array4::from_shape_fn((3, 1, 32, 32), |(b, _, h, w)| {
+            ((b + h * w) % 7) as f64 * 0.3
+        });
+        let t = [10.0, 500.0, 900.0];
+        let out = d.predict_for_vjp(x.view(), &t).unwrap();
+        // Two chunks (batch_size 2): both kept, then both consumed by the vjp.
+        assert_eq!(d.kept.len(), 2);
+        let (o, _) = d.vjp(x.view(), &t, x.view()).unwrap();
+        assert_eq!(d.kept.len(), 0);
+        assert_eq!(o, out);
+        // A plain predict keeps nothing.
+        d.predict(x.view(), &t).unwrap();
+        assert_eq!(d.kept.len(), 0);
     }
 
     #[test]

@@ -379,6 +379,29 @@ fn check_tile_out(out: &Array4<f64>, want: &[usize]) -> Result<()> {
     Ok(())
 }
 
+impl TiledDenoiser {
+    /// The blended forward; `for_vjp` routes the tile batches through the inner `predict_for_vjp`.
+    fn predict_tiles(&self, x: ArrayView4<f64>, t: &[f64], for_vjp: bool) -> Result<Array4<f64>> {
+        let plan = self.check(&x, t)?;
+        let b = x.shape()[0];
+        let xp = plan.pad(&x);
+        let (tiles, ts) = self.gather(&plan, &xp, t);
+        let mut parts = Vec::new();
+        for r in self.chunks(tiles.shape()[0]) {
+            let xin = tiles.slice(s![r.clone(), .., .., ..]);
+            let out = if for_vjp {
+                self.inner.predict_for_vjp(xin, &ts[r])?
+            } else {
+                self.inner.predict(xin, &ts[r])?
+            };
+            check_tile_out(&out, xin.shape())?;
+            parts.push(out);
+        }
+        let outs = concat(parts)?;
+        Ok(plan.crop(self.blend(&plan, &outs, b)))
+    }
+}
+
 impl Denoiser for TiledDenoiser {
     fn engine(&self) -> String {
         format!(
@@ -391,19 +414,13 @@ impl Denoiser for TiledDenoiser {
     }
 
     fn predict(&self, x: ArrayView4<f64>, t: &[f64]) -> Result<Array4<f64>> {
-        let plan = self.check(&x, t)?;
-        let b = x.shape()[0];
-        let xp = plan.pad(&x);
-        let (tiles, ts) = self.gather(&plan, &xp, t);
-        let mut parts = Vec::new();
-        for r in self.chunks(tiles.shape()[0]) {
-            let xin = tiles.slice(s![r.clone(), .., .., ..]);
-            let out = self.inner.predict(xin, &ts[r])?;
-            check_tile_out(&out, xin.shape())?;
-            parts.push(out);
-        }
-        let outs = concat(parts)?;
-        Ok(plan.crop(self.blend(&plan, &outs, b)))
+        self.predict_tiles(x, t, false)
+    }
+
+    /// The tile batches are those [`vjp`](Denoiser::vjp) will send at the same (x, t), so the inner
+    /// denoiser finds the residuals it kept for each.
+    fn predict_for_vjp(&self, x: ArrayView4<f64>, t: &[f64]) -> Result<Array4<f64>> {
+        self.predict_tiles(x, t, true)
     }
 
     fn has_vjp(&self) -> bool {

@@ -36,7 +36,7 @@ use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
 use super::card::{GraphIo, GraphRole, ModelCard, TensorDecl};
-use super::{check_batch, run_batched, Denoiser, F32Chunk, RuntimeOptions};
+use super::{check_batch, run_batched, Denoiser, F32Chunk, ResidualCache, RuntimeOptions};
 use crate::error::{Error, Result};
 
 type Plan = Arc<TypedRunnableModel>;
@@ -45,6 +45,10 @@ type Plan = Arc<TypedRunnableModel>;
 pub struct TractDenoiser {
     forward: TractGraph,
     vjp: Option<TractGraph>,
+    /// The split VJP (forward_residuals, backward), preferred over `vjp` when the card lists it.
+    split: Option<(TractGraph, TractGraph)>,
+    /// Residuals of forward_residuals calls, as tract values, until their backward call.
+    kept: ResidualCache<TVec<TValue>>,
     image: [usize; 3],
     /// Runs samples in parallel; `None` for one thread.
     pool: Option<rayon::ThreadPool>,
@@ -56,6 +60,17 @@ impl TractDenoiser {
         let forward = TractGraph::open(&dir.join(&card.graphs.forward), GraphRole::Forward, card)?;
         let vjp = match &card.graphs.vjp {
             Some(g) => Some(TractGraph::open(&dir.join(g), GraphRole::Vjp, card)?),
+            None => None,
+        };
+        let split = match card.graphs.split() {
+            Some((f, b)) => {
+                let mut fres = TractGraph::open(&dir.join(f), GraphRole::ForwardResiduals, card)?;
+                let mut bwd = TractGraph::open(&dir.join(b), GraphRole::Backward, card)?;
+                let res = card.check_residuals(dir, &fres.io, &bwd.io)?;
+                fres.set_residuals(&res)?;
+                bwd.set_residuals(&res)?;
+                Some((fres, bwd))
+            }
             None => None,
         };
         let img = &card.image;
@@ -81,9 +96,22 @@ impl TractDenoiser {
         for g in std::iter::once(&forward).chain(vjp.as_ref()) {
             g.plan(g.fixed_batch.unwrap_or(1))?;
         }
+        if let Some((fres, bwd)) = &split {
+            // The backward's plan needs the residuals' shapes: one warm-up call of forward_residuals.
+            let n = fres.fixed_batch.unwrap_or(1);
+            let zeros = || Array4::<f32>::zeros((n, img.channels, img.height, img.width));
+            let (_, res) = fres.run_residuals(F32Chunk {
+                x: zeros(),
+                t: ndarray::Array1::zeros(n),
+                cot: None,
+            })?;
+            bwd.run_backward(res, zeros())?;
+        }
         Ok(TractDenoiser {
             forward,
             vjp,
+            split,
+            kept: ResidualCache::new(ResidualCache::<TVec<TValue>>::DEFAULT_BUDGET),
             image: [img.channels, img.height, img.width],
             pool,
         })
@@ -99,10 +127,23 @@ impl TractDenoiser {
         cot: Option<ArrayView4<f64>>,
         n_out: usize,
     ) -> Result<Vec<Array4<f64>>> {
+        self.eval_with(g.fixed_batch, x, t, cot, n_out, &|c| g.run(c))
+    }
+
+    /// [`eval`](Self::eval) with any per-chunk call (`fixed_batch`: the graph's fixed batch size).
+    fn eval_with(
+        &self,
+        fixed_batch: Option<usize>,
+        x: ArrayView4<f64>,
+        t: &[f64],
+        cot: Option<ArrayView4<f64>>,
+        n_out: usize,
+        call: &(dyn Fn(F32Chunk) -> Result<Vec<Array4<f32>>> + Sync),
+    ) -> Result<Vec<Array4<f64>>> {
         check_batch(self.image, x, t, cot)?;
         let b = x.dim().0;
-        if g.fixed_batch.is_some() || b <= 1 {
-            return run_batched(self.image, x, t, cot, 1, g.fixed_batch, n_out, |c| g.run(c));
+        if fixed_batch.is_some() || b <= 1 {
+            return run_batched(self.image, x, t, cot, 1, fixed_batch, n_out, call);
         }
         let one = |i: usize| {
             run_batched(
@@ -113,7 +154,7 @@ impl TractDenoiser {
                 1,
                 None,
                 n_out,
-                |c| g.run(c),
+                call,
             )
         };
         let per_sample: Vec<Vec<Array4<f64>>> = match &self.pool {
@@ -141,8 +182,26 @@ impl Denoiser for TractDenoiser {
         Ok(out.remove(0))
     }
 
+    fn predict_for_vjp(&self, x: ArrayView4<f64>, t: &[f64]) -> Result<Array4<f64>> {
+        let Some((fres, _)) = &self.split else {
+            return self.predict(x, t);
+        };
+        let call = |c: F32Chunk| {
+            let (out, res) = fres.run_residuals(F32Chunk {
+                x: c.x.clone(),
+                t: c.t.clone(),
+                cot: None,
+            })?;
+            let bytes = res.iter().map(|v| v.len() * v.datum_type().size_of()).sum();
+            self.kept.put(c.x, c.t, out.clone(), res, bytes);
+            Ok(vec![out])
+        };
+        let mut out = self.eval_with(fres.fixed_batch, x, t, None, 1, &call)?;
+        Ok(out.remove(0))
+    }
+
     fn has_vjp(&self) -> bool {
-        self.vjp.is_some()
+        self.vjp.is_some() || self.split.is_some()
     }
 
     fn vjp(
@@ -151,6 +210,24 @@ impl Denoiser for TractDenoiser {
         t: &[f64],
         cot: ArrayView4<f64>,
     ) -> Result<(Array4<f64>, Array4<f64>)> {
+        if let Some((fres, bwd)) = &self.split {
+            let call = |c: F32Chunk| {
+                let (out, res) = match self.kept.take(&c.x, &c.t) {
+                    Some(kept) => kept,
+                    None => fres.run_residuals(F32Chunk {
+                        x: c.x.clone(),
+                        t: c.t.clone(),
+                        cot: None,
+                    })?,
+                };
+                let cot = c.cot.expect("a vjp chunk has a cotangent");
+                Ok(vec![out, bwd.run_backward(res, cot)?])
+            };
+            let mut outs = self.eval_with(fres.fixed_batch, x, t, Some(cot), 2, &call)?;
+            let vjp = outs.pop().expect("two outputs");
+            let out = outs.pop().expect("two outputs");
+            return Ok((out, vjp));
+        }
         let Some(g) = &self.vjp else {
             return Err(Error::Unsupported(
                 "tract: the model has no vjp graph; use jacobian: finite-difference or identity"
@@ -168,10 +245,16 @@ impl Denoiser for TractDenoiser {
 struct TractGraph {
     path: PathBuf,
     model: InferenceModel,
-    /// Input positions of x, t, cotangent in the model's inputs.
+    /// Input positions of x, t, cotangent in the model's inputs (x, t: `usize::MAX` in backward).
     x_in: usize,
     t_in: usize,
     cot_in: Option<usize>,
+    /// Split VJP: positions of the residuals (in the card's residual order) among the outputs of
+    /// forward_residuals or the inputs of backward.
+    res_pos: Vec<usize>,
+    role: GraphRole,
+    io: GraphIo,
+    in_names: Vec<String>,
     /// Output positions of out (and vjp).
     out_pos: Vec<usize>,
     fixed_batch: Option<usize>,
@@ -219,15 +302,18 @@ impl TractGraph {
                 .position(|n| n == name)
                 .ok_or_else(|| err(format!("tract sees no input {name} (inputs {in_names:?})")))
         };
-        let x_in = pos("x")?;
-        let t_in = pos("t")?;
+        let (x_in, t_in) = match role {
+            GraphRole::Backward => (usize::MAX, usize::MAX),
+            _ => (pos("x")?, pos("t")?),
+        };
         let cot_in = match role {
-            GraphRole::Forward => None,
-            GraphRole::Vjp => Some(pos("cotangent")?),
+            GraphRole::Forward | GraphRole::ForwardResiduals => None,
+            GraphRole::Vjp | GraphRole::Backward => Some(pos("cotangent")?),
         };
         let out_names: &[&str] = match role {
-            GraphRole::Forward => &["out"],
+            GraphRole::Forward | GraphRole::ForwardResiduals => &["out"],
             GraphRole::Vjp => &["out", "vjp"],
+            GraphRole::Backward => &["vjp"],
         };
         let out_pos = out_names
             .iter()
@@ -240,6 +326,10 @@ impl TractGraph {
             x_in,
             t_in,
             cot_in,
+            res_pos: Vec::new(),
+            role,
+            io,
+            in_names,
             out_pos,
             fixed_batch,
             image: [img.channels, img.height, img.width],
@@ -247,8 +337,35 @@ impl TractGraph {
         })
     }
 
+    /// Record where the residuals `res` (card order) sit among this split graph's outputs or inputs.
+    fn set_residuals(&mut self, res: &[String]) -> Result<()> {
+        let names: Vec<String> = match self.role {
+            GraphRole::ForwardResiduals => self.io.outputs.iter().map(|t| t.name.clone()).collect(),
+            _ => self.in_names.clone(),
+        };
+        self.res_pos = res
+            .iter()
+            .map(|r| {
+                names
+                    .iter()
+                    .position(|n| n == r)
+                    .ok_or_else(|| Error::Model {
+                        path: self.path.clone(),
+                        message: format!("tract sees no residual {r} (has {names:?})"),
+                    })
+            })
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
+
     /// The optimized plan for batch size `n` (built once, then cached).
     fn plan(&self, n: usize) -> Result<Plan> {
+        self.plan_with(n, &[])
+    }
+
+    /// The plan for batch size `n`; a backward graph also takes its residuals' facts (type and shape,
+    /// in `res_pos` order), known from the values forward_residuals returned.
+    fn plan_with(&self, n: usize, res_facts: &[InferenceFact]) -> Result<Plan> {
         if let Some(p) = self.plans.lock().expect("plan cache").get(&n) {
             return Ok(p.clone());
         }
@@ -259,14 +376,23 @@ impl TractGraph {
         };
         let mut model = self.model.clone();
         let img_fact = || InferenceFact::from(f32::fact([n, c, h, w]));
-        model
-            .set_input_fact(self.x_in, img_fact())
-            .and_then(|_| model.set_input_fact(self.t_in, f32::fact([n]).into()))
-            .and_then(|_| match self.cot_in {
-                Some(i) => model.set_input_fact(i, img_fact()),
-                None => Ok(()),
-            })
-            .map_err(|e| err("set the inputs of", e))?;
+        if self.role == GraphRole::Backward {
+            for (&i, f) in self.res_pos.iter().zip(res_facts) {
+                model
+                    .set_input_fact(i, f.clone())
+                    .map_err(|e| err("set the inputs of", e))?;
+            }
+        } else {
+            model
+                .set_input_fact(self.x_in, img_fact())
+                .and_then(|_| model.set_input_fact(self.t_in, f32::fact([n]).into()))
+                .map_err(|e| err("set the inputs of", e))?;
+        }
+        if let Some(i) = self.cot_in {
+            model
+                .set_input_fact(i, img_fact())
+                .map_err(|e| err("set the inputs of", e))?;
+        }
         let plan = model
             .into_optimized()
             .map_err(|e| err("analyse", e))?
@@ -278,6 +404,76 @@ impl TractGraph {
             .expect("plan cache")
             .insert(n, plan.clone());
         Ok(plan)
+    }
+
+    /// forward_residuals on a chunk: `out` and the residuals (tract values, no copy, card order).
+    fn run_residuals(&self, chunk: F32Chunk) -> Result<(Array4<f32>, TVec<TValue>)> {
+        let n = chunk.x.dim().0;
+        let plan = self.plan(n)?;
+        let eng = |e: TractError| Error::Engine {
+            engine: "tract".into(),
+            message: format!("{}: {e:#}", self.path.display()),
+        };
+        let mut inputs: TVec<TValue> =
+            tvec![TValue::from(Tensor::zero::<f32>(&[0]).map_err(eng)?); 2];
+        inputs[self.x_in] = to_tensor(chunk.x).map_err(eng)?.into_tvalue();
+        inputs[self.t_in] = Tensor::from_shape(&[n], chunk.t.as_slice().expect("contiguous"))
+            .map_err(eng)?
+            .into_tvalue();
+        let outputs = plan.run(inputs).map_err(eng)?;
+        let out = self.output4(&outputs, self.out_pos[0])?;
+        let res = self.res_pos.iter().map(|&k| outputs[k].clone()).collect();
+        Ok((out, res))
+    }
+
+    /// backward on kept residuals (card order) and a cotangent chunk.
+    fn run_backward(&self, res: TVec<TValue>, cot: Array4<f32>) -> Result<Array4<f32>> {
+        let n = cot.dim().0;
+        let eng = |e: TractError| Error::Engine {
+            engine: "tract".into(),
+            message: format!("{}: {e:#}", self.path.display()),
+        };
+        let facts: Vec<InferenceFact> = res
+            .iter()
+            .map(|v| InferenceFact::dt_shape(v.datum_type(), v.shape()))
+            .collect();
+        let plan = self.plan_with(n, &facts)?;
+        let n_in = self.res_pos.len() + 1;
+        let mut inputs: Vec<Option<TValue>> = (0..n_in).map(|_| None).collect();
+        for (&i, v) in self.res_pos.iter().zip(res) {
+            inputs[i] = Some(v);
+        }
+        let ci = self.cot_in.expect("backward reads the cotangent");
+        inputs[ci] = Some(to_tensor(cot).map_err(eng)?.into_tvalue());
+        let inputs: TVec<TValue> = inputs
+            .into_iter()
+            .map(|v| v.expect("every input set"))
+            .collect();
+        let outputs = plan.run(inputs).map_err(eng)?;
+        self.output4(&outputs, self.out_pos[0])
+    }
+
+    /// Output `k` of a run as a rank-4 f32 array.
+    fn output4(&self, outputs: &TVec<TValue>, k: usize) -> Result<Array4<f32>> {
+        let eng = |e: TractError| Error::Engine {
+            engine: "tract".into(),
+            message: format!("{}: {e:#}", self.path.display()),
+        };
+        let o = outputs.get(k).ok_or_else(|| Error::Engine {
+            engine: "tract".into(),
+            message: format!("{}: missing output #{k}", self.path.display()),
+        })?;
+        let view = o.to_plain_array_view::<f32>().map_err(eng)?;
+        let shape = view.shape().to_vec();
+        if shape.len() != 4 {
+            return Err(Error::Shape(format!(
+                "{}: output of shape {shape:?} (expected rank 4)",
+                self.path.display()
+            )));
+        }
+        let data: Vec<f32> = view.iter().copied().collect();
+        Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data)
+            .map_err(|e| Error::Shape(e.to_string()))
     }
 
     fn run(&self, chunk: F32Chunk) -> Result<Vec<Array4<f32>>> {
@@ -409,4 +605,33 @@ fn elem_type_name(code: i32) -> String {
         _ => return format!("onnx type {code}"),
     }
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_vjp_keeps_residuals_from_predict_for_vjp_to_vjp() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist-ddpm");
+        let card = ModelCard::load(&dir).unwrap();
+        let opts = RuntimeOptions {
+            threads: 2,
+            ..RuntimeOptions::default()
+        };
+        let d = TractDenoiser::load(&dir, &card, &opts).unwrap();
+        assert!(d.split.is_some());
+        let x = Array4::from_shape_fn((3, 1, 32, 32), |(b, _, h, w)| {
+            ((b + h * w) % 7) as f64 * 0.3
+        });
+        let t = [10.0, 500.0, 900.0];
+        let out = d.predict_for_vjp(x.view(), &t).unwrap();
+        // tract runs sample by sample: one kept entry per sample, all consumed by the vjp.
+        assert_eq!(d.kept.len(), 3);
+        let (o, _) = d.vjp(x.view(), &t, x.view()).unwrap();
+        assert_eq!(d.kept.len(), 0);
+        assert_eq!(o, out);
+        d.predict(x.view(), &t).unwrap();
+        assert_eq!(d.kept.len(), 0);
+    }
 }

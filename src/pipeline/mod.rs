@@ -611,6 +611,14 @@ impl Denoiser for Stoppable<'_> {
         self.check()?;
         self.inner.predict(x, t)
     }
+    fn predict_for_vjp(
+        &self,
+        x: ndarray::ArrayView4<f64>,
+        t: &[f64],
+    ) -> Result<ndarray::Array4<f64>> {
+        self.check()?;
+        self.inner.predict_for_vjp(x, t)
+    }
     fn has_vjp(&self) -> bool {
         self.inner.has_vjp()
     }
