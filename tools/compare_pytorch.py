@@ -2,7 +2,7 @@
 """Time a plain reference-style C-PiGDM against `conjure run` (issue 6, item 4).
 
 What is compared
-  * reference: C-PiGDM written from docs/algorithms.md section 4 the way the official research code runs
+  * reference: C-PiGDM written from docs/samplers.md §4 the way the official research code runs
     it -- float64 state, the five coefficient integrals Phi recomputed for every image by an adaptive ODE
     solver (scipy's solve_ivp RK45, rtol = atol = 1e-5, chained interval by interval from t = 0 as in
     section 4.3; a built-in Dormand-Prince RK45 with the same tolerances when scipy is missing), batch 1,
@@ -80,7 +80,7 @@ except ImportError:
     solve_ivp = None
     SOLVER = "built-in RK45 (Dormand-Prince; scipy is not installed)"
 
-# ---- sampler settings: pipelines/sr4-c-pigdm.yaml and conjure's defaults (algorithms.md section 4.6) ----
+# ---- sampler settings: pipelines/sr4-c-pigdm.yaml and conjure's defaults (docs/samplers.md §4.6) ----
 W = 15.0  # guidance
 LAMBDA = 0.0
 TAU = 0.4  # start time (diffusion)
@@ -154,7 +154,7 @@ def to_gray(img):
     return (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2])[None]
 
 
-# ------------------------------------------------------------------------- operator (algorithms.md 2.4)
+# ------------------------------------------------------------------------- operator (docs/samplers.md 2.4)
 def keys(x, a=-0.5):
     x = abs(x)
     if x <= 1:
@@ -236,7 +236,7 @@ def c2(t):
 
 
 def integrands(u, _y=None):
-    """(f_y, f_s1, f_s2, f_j1, f_j2) of algorithms.md section 4.3."""
+    """(f_y, f_s1, f_s2, f_j1, f_j2) of docs/samplers.md §4.3."""
     hb, m, s = 0.5 * beta(u), mu(u), sigma(u)
     e1, e12 = math.exp(c1(u)), math.exp(c1(u) + c2(u))
     ec2 = math.exp(c2(u)) - 1.0
