@@ -1,4 +1,4 @@
-//! C-ΠGDM (algorithms.md §4, §5): coefficient tables, closed forms, reductions, the exponential-integrator
+//! C-ΠGDM (docs/samplers.md §4, §5): coefficient tables, closed forms, reductions, the exponential-integrator
 //! property, first-order convergence to its own ODE on Gaussian toys, stability, the noisy transform's
 //! inverse, and batch independence.
 
@@ -407,7 +407,7 @@ fn large_tau_and_w_stay_accurate_with_a_rounded_projector() {
 }
 
 /// The validity measure of the noisy variant's first-order inverse: |c3| e^{−(c1+c2)} / s_min², computed
-/// here from its definition (algorithms.md §5) at every grid time, small for mild settings and huge at the
+/// here from its definition (docs/samplers.md §5) at every grid time, small for mild settings and huge at the
 /// published w = 15, τ = 0.4 with σ_y = 0.05, where the quality study saw the noisy variant fail.
 #[test]
 fn noisy_inverse_ratio_matches_its_definition() {

@@ -1,6 +1,6 @@
 //! C-ΠGDM: the Conditional Conjugate Integrator for ΠGDM-guided diffusion (Pandey, Yang & Mandt, *Fast
 //! Samplers for Inverse Problems in Iterative Refinement Models*, NeurIPS 2024, arXiv 2405.17673; official
-//! code `mandt-lab/c-pigdm`, `ConjugatePGDMSampler` / `NoisyConjugatePGDMSampler`). algorithms.md §3–§5.
+//! code `mandt-lab/c-pigdm`, `ConjugatePGDMSampler` / `NoisyConjugatePGDMSampler`). docs/samplers.md §3–§5.
 //!
 //! **The ODE (§4.1).** In diffusion time t (sampling runs t from τ down to t_end), with the ΠGDM weight
 //! w_t = w r_t² μ_t² and m := H†y − P x̂₀ (a constant for the Jacobian),
@@ -25,7 +25,7 @@
 //! ([`LinearOperator::pinv_gram`]) and c3(t) = ½ w (e^{c1+c2} − 1) σ_y² ln(e^{b_t} − 1 + ε_n); its inverse is
 //! the first-order (Neumann) one of the official code, (A^noisy)⁻¹x̄ ≈ A⁻¹x̄ − A⁻¹(c3 Q A⁻¹x̄), and the update
 //! gains ΔΦ_yc Q H†y + ΔΦ_sc Q ε̂ + ΔΦ_jc Q g. This is the official code's heuristic, reproduced as written
-//! (algorithms.md §5 lists where it departs from a clean first-order derivation). σ_y is the problem's
+//! (docs/samplers.md §5 lists where it departs from a clean first-order derivation). σ_y is the problem's
 //! [`Problem::sigma_y`] taken as given, on the model's value scale: it is **not** doubled (the official
 //! `main.py` adds 2σ_y noise but uses the undoubled σ_y in c3, §2.9; here the caller states the true noise
 //! std once, so c3 and the noise agree). Q is the true H†H†ᵀ (0 off the row space), not the official
@@ -71,7 +71,7 @@ impl Variant {
     }
 }
 
-/// Default number of steps (NFE), algorithms.md §12 (README configuration).
+/// Default number of steps (NFE), docs/samplers.md §12 (README configuration).
 pub const DEFAULT_STEPS: usize = 5;
 /// Default guidance weight w (§12).
 pub const DEFAULT_GUIDANCE: f64 = 15.0;
@@ -84,7 +84,7 @@ pub const DEFAULT_END_TIME: f64 = 0.001;
 /// Default ε_n of the Φ integrands (README / scripts value, §1.2).
 pub const DEFAULT_NUM_EPS: f64 = 1e-6;
 
-/// The ΔΦ's of one step t_k → t_{k+1} (algorithms.md §4.3, §5).
+/// The ΔΦ's of one step t_k → t_{k+1} (docs/samplers.md §4.3, §5).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepCoefficients {
     /// Δs = s_{k+1} − s_k = t_k − t_{k+1} > 0.
@@ -132,7 +132,7 @@ pub struct CPigdm {
 }
 
 impl CPigdm {
-    /// Build from a spec's sampler settings; defaults from algorithms.md §12.
+    /// Build from a spec's sampler settings; defaults from docs/samplers.md §12.
     pub fn from_config(cfg: &SamplerConfig, sched: &ModelSchedule) -> Result<Self> {
         let (vp, _) = sched.diffusion("c-pigdm")?;
         let steps = cfg.steps.unwrap_or(DEFAULT_STEPS);

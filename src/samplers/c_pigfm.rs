@@ -3,9 +3,9 @@
 //! Paper: K. Pandey, R. Yang, S. Mandt, *Fast Samplers for Inverse Problems in Iterative Refinement
 //! Models*, NeurIPS 2024 (arXiv 2405.17673). Official code: `mandt-lab/c-pigdm`, `flow/sampler.py`,
 //! class `ConjugateV2` with `integral_start = 0`, as wired in `flow/conjugate_rf.py`. Equations and
-//! numbers: algorithms.md §1.5, §1.6, §3, §9.
+//! numbers: docs/samplers.md §1.5, §1.6, §3, §9.
 //!
-//! # The ODE (algorithms.md §9.1)
+//! # The ODE (docs/samplers.md §9.1)
 //!
 //! Flow time t runs from noise (0) to data (1). With γ(t) = t(1 − t), x̂₁ = x + (1 − t) v and
 //! m = H†y − P x̂₁ (a constant under differentiation),
@@ -63,7 +63,7 @@
 //! * The guidance is the noiseless ΠGDM guidance (flow scripts add no noise): a problem's `sigma_y` is not
 //!   used, and a warning is logged when it is non-zero.
 //!
-//! # Defaults (algorithms.md §12)
+//! # Defaults (docs/samplers.md §12)
 //!
 //! | setting | default | source |
 //! |---|---|---|
@@ -83,7 +83,7 @@ use crate::error::{Error, Result};
 use crate::model::{ModelKind, Network};
 use crate::operators::{Img, LinearOperator};
 
-/// How the Jacobian term of the update is discretized (algorithms.md §9.4).
+/// How the Jacobian term of the update is discretized (docs/samplers.md §9.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum JacobianTerm {
     /// JAC = ΔK₁ g + ΔK₂ P g: the exact integral of the §9.1 Jacobian term with g frozen.
@@ -204,7 +204,7 @@ pub(crate) fn reject_unused(sampler: &str, cfg: &SamplerConfig) -> Result<()> {
     Ok(())
 }
 
-/// Differences of the six cumulative coefficients over one step [t_i, t_{i+1}] (algorithms.md §9.3).
+/// Differences of the six cumulative coefficients over one step [t_i, t_{i+1}] (docs/samplers.md §9.3).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepCoefficients {
     /// ΔI₁ = ∫ e^{λu} du (multiplies v).
