@@ -1,5 +1,5 @@
 //! Samplers for linear inverse problems, one file each, each reading like its equations
-//! (docs/samplers.md §4–§10). All run a batch of problems in lock-step (one network call per step for the
+//! (algorithms.md §4–§10). All run a batch of problems in lock-step (one network call per step for the
 //! whole batch) while every per-sample quantity stays per sample.
 //!
 //! | name | file | paper |
@@ -25,7 +25,9 @@ use crate::operators::{Img, OperatorRef};
 use crate::schedules::{DdpmDiscrete, VpContinuous};
 
 pub mod c_pigdm;
+pub mod c_pigdm_noisy;
 pub mod c_pigfm;
+pub mod c_pigfm_noisy;
 pub mod ddim;
 pub mod ddnm;
 pub mod ddrm;
@@ -34,6 +36,7 @@ pub mod pigdm;
 pub mod pigfm;
 pub mod pinv;
 pub mod quad;
+pub mod spectral;
 
 /// A restoration sampler.
 pub trait Sampler: Send + Sync {
@@ -49,7 +52,7 @@ pub trait Sampler: Send + Sync {
 pub struct Problem {
     pub op: OperatorRef,
     pub y: Img,
-    /// Std of the measurement noise on the model's value scale (no doubling; cf. docs/operators.md §2.9).
+    /// Std of the measurement noise on the model's value scale (no doubling; cf. algorithms.md §2.9).
     pub sigma_y: f64,
     rng: ChaCha20Rng,
     init_noise: Option<Img>,
@@ -178,7 +181,7 @@ impl SamplerName {
     }
 }
 
-/// Sampler settings as a spec gives them; `None` takes the sampler's default (docs/samplers.md §12).
+/// Sampler settings as a spec gives them; `None` takes the sampler's default (algorithms.md §12).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplerConfig {
     pub name: SamplerName,
@@ -198,8 +201,9 @@ pub struct SamplerConfig {
     pub eta_b: Option<f64>,
     /// ε_n added to σ in Φ integrands (default 1e-6, as the official scripts).
     pub num_eps: Option<f64>,
-    /// Sampler variant: `pigdm` → `continuous` | `discrete`; `c-pigdm` → `auto` | `noiseless` | `noisy`;
-    /// `c-pigfm` → `derived` | `official` (Jacobian term, docs/samplers.md §9.4).
+    /// Sampler variant: `pigdm` → `continuous` | `discrete`; `c-pigdm` → `auto` | `noiseless` | `noisy` |
+    /// `official`;
+    /// `c-pigfm` → `derived` (= `auto`) | `noiseless` | `official` (Jacobian term, docs/samplers.md §9.4).
     pub variant: Option<String>,
     pub jacobian: JacobianMode,
 }
