@@ -345,6 +345,9 @@ def main(argv=None):
     summary = dict(kind=args.kind, params=nparams, steps=step, seconds=round(elapsed, 1), batch=args.batch,
                    config=config, device=str(dev), final_loss=log[-1][2] if log else None)
     (args.out / f"{args.kind}_log.json").write_text(json.dumps(dict(summary, log=log), indent=1))
+    # The EMA weights alone (what `export` reads), small enough to carry back from a training machine.
+    light = {k: v for k, v in state().items() if k not in ("model", "opt")}
+    save(args.out / f"{args.kind}_ema.pt", {**light, "ema": {k: v.cpu() for k, v in ema.state_dict().items()}})
     print(json.dumps(summary), flush=True)
     if args.samples:
         ema.eval()
