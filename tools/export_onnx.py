@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Export a pretrained diffusion / flow network to the ONNX graphs conjure runs (interface.md §3).
+"""Export a pretrained diffusion / flow network to the ONNX graphs conjure runs (docs/model-card.md).
 
 Writes into ``--out DIR``:
 
@@ -10,7 +10,7 @@ Writes into ``--out DIR``:
 * ``weights.bin``   the ONE external-data file all graphs read their weights from
 * ``model.yaml``    the model card (kind, parameterization, schedule, time input, image, value range)
 
-ONNX opset 20, batch dimension dynamic, float32. The VJP graph follows design.md §5: the function
+ONNX opset 20, batch dimension dynamic, float32. The VJP graph follows docs/design.md §5: the function
 ``(x, t, v) ↦ (out, autograd.grad(out, x, v))`` is traced with ``make_fx(tracing_mode="symbolic")`` through
 torch's core ATen decompositions plus three hand-written backward decompositions (convolution_backward's
 input gradient as a transposed convolution, upsample_nearest2d_backward as a reshape-sum, avg_pool2d_backward
@@ -78,7 +78,7 @@ class Prepared:
     """A network ready to export: ``module(x, t) -> out`` with ``out`` shaped like ``x``."""
 
     module: torch.nn.Module
-    #: The model card (interface.md §3) without its ``graphs`` entry, which the exporter adds.
+    #: The model card (docs/model-card.md) without its ``graphs`` entry, which the exporter adds.
     card: dict
     #: Draws network time inputs ``t`` [B] for the self-check (the values the network sees in use).
     sample_t: Callable[[int, torch.Generator], torch.Tensor]
@@ -119,7 +119,7 @@ def unit_t(t_min: float = 1e-3):
 
 
 # --------------------------------------------------------------------------------------------------------
-# The three hand-written backward decompositions (design.md §5)
+# The three hand-written backward decompositions (docs/design.md §5)
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -518,7 +518,7 @@ def write_card(card: dict, path: Path, notes: list[str]) -> None:
 
     img = card["image"]
     lines = [f"# {n}" for n in notes]
-    lines.append("# Written by tools/export_onnx.py; format: docs/interface.md §3.")
+    lines.append("# Written by tools/export_onnx.py; format: docs/model-card.md.")
     body = {k: v for k, v in card.items() if k != "image"}
     text = yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
     # image on one line, like the shipped cards
