@@ -40,7 +40,9 @@
 //! a VJP). The calibration calls bypass the timing decorator, so `seconds` and `network_calls` are the
 //! run's alone, and its time is not in `total`. `run_forward_seconds_per_image` and
 //! `run_vjp_seconds_per_image` split the run's own network time per image by call kind (a graph that
-//! recomputes the forward inside the VJP shows here as a VJP that costs more than a forward).
+//! recomputes the forward inside the VJP shows here as a VJP that costs more than a forward). With a
+//! tiled model the step is per input image and the forward per tile (the model's image size), so
+//! `step_over_forward` is then that many tiles times the per-tile ratio.
 //!
 //! `--analytic` swaps the network for the exact Gaussian-prior denoiser of the model's kind,
 //! parameterization and time input (prior N(0, 0.25 I) at the model's image size): the network time is

@@ -2,8 +2,8 @@
 
 models/fmnist-ddpm is a small ADM-style UNet (base width 48, 32x32 -> 16x16 -> 8x8, two residual blocks
 per level, one 4-head self-attention block at 8x8, GroupNorm(16) + SiLU, sinusoidal embedding of the DDPM
-step index 0..999).  This module rebuilds it with the parameter names of the training state dict, so the
-weights load either from that state dict (``torch.load`` of a ``.pt``) or from the repository's own
+step index 0..999); the architecture is the exporter's ``fmnist-unet`` preset, whose parameter names are
+the training state dict's, so the weights load either from that state dict (``torch.load`` of a ``.pt``) or from the repository's own
 ``denoiser.onnx`` + ``weights.bin``: convolutions and linear layers are initializers named
 ``model.<parameter>``; the exporter decomposed each GroupNorm into InstanceNormalization -> Reshape ->
 Mul(scale) -> Add(shift), so their affine parameters are taken from those Mul/Add constants, in the order
@@ -11,100 +11,20 @@ the graph runs the normalisations (the order this module calls them, recorded wi
 ``load_fmnist_unet`` checks the module against ONNX Runtime on a random batch and refuses a mismatch.
 """
 
-import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tools/, for the exporter's presets
+from presets.fmnist_unet import CONFIGS, UNet  # noqa: E402
 
 
-def sinusoidal(t, dim):
-    """[cos(t f_i), sin(t f_i)] with f_i = 10000^(-i / (dim/2)), i < dim/2."""
-    half = dim // 2
-    f = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    a = t.float()[:, None] * f[None]
-    return torch.cat([torch.cos(a), torch.sin(a)], dim=1)
-
-
-class Res(nn.Module):
-    """GroupNorm-SiLU-conv twice, the time embedding added in between, a 1x1 skip when widths differ."""
-
-    def __init__(self, cin, cout, temb):
-        super().__init__()
-        self.n1 = nn.GroupNorm(16, cin)
-        self.c1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.t = nn.Linear(temb, cout)
-        self.n2 = nn.GroupNorm(16, cout)
-        self.c2 = nn.Conv2d(cout, cout, 3, padding=1)
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
-
-    def forward(self, x, emb):
-        h = self.c1(F.silu(self.n1(x))) + self.t(emb)[:, :, None, None]
-        return self.skip(x) + self.c2(F.silu(self.n2(h)))
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention over the pixels, residual."""
-
-    def __init__(self, ch, heads=4):
-        super().__init__()
-        self.norm = nn.GroupNorm(16, ch)
-        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
-        self.out = nn.Conv2d(ch, ch, 1)
-        self.heads = heads
-
-    def forward(self, x):
-        b, c, h, w = x.shape
-        d = c // self.heads
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, d, h * w).unbind(1)
-        a = torch.softmax(torch.einsum("bhdi,bhdj->bhij", q, k) / math.sqrt(d), dim=-1)
-        return x + self.out(torch.einsum("bhij,bhdj->bhdi", a, v).reshape(b, c, h, w))
-
-
-class FmnistUNet(nn.Module):
-    """eps(x, t): x [B, 1, 32, 32] in [-1, 1], t [B] the DDPM step index (float)."""
-
-    def __init__(self, ch=48, mults=(1, 2, 2), nres=2, in_ch=1):
-        super().__init__()
-        temb = 4 * ch
-        self.ch = ch
-        self.temb = nn.Sequential(nn.Linear(ch, temb), nn.SiLU(), nn.Linear(temb, temb))
-        self.inp = nn.Conv2d(in_ch, ch, 3, padding=1)
-        self.down, widths, cur = nn.ModuleList(), [ch], ch
-        for level, m in enumerate(mults):
-            for _ in range(nres):
-                self.down.append(Res(cur, ch * m, temb))
-                cur = ch * m
-                widths.append(cur)
-            if level + 1 < len(mults):
-                self.down.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1))
-                widths.append(cur)
-        self.mid1 = Res(cur, cur, temb)
-        self.mid_attn = SelfAttention(cur)
-        self.mid2 = Res(cur, cur, temb)
-        self.up = nn.ModuleList()
-        for level, m in reversed(list(enumerate(mults))):
-            for _ in range(nres + 1):
-                self.up.append(Res(cur + widths.pop(), ch * m, temb))
-                cur = ch * m
-            if level > 0:
-                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
-                self.up.append(nn.Conv2d(cur, cur, 3, padding=1))
-        self.out = nn.Sequential(nn.GroupNorm(16, cur), nn.SiLU(), nn.Conv2d(cur, in_ch, 3, padding=1))
-
-    def forward(self, x, t):
-        emb = self.temb(sinusoidal(t, self.ch))
-        h = self.inp(x)
-        skips = [h]
-        for layer in self.down:
-            h = layer(h, emb) if isinstance(layer, Res) else layer(h)
-            skips.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
-        for layer in self.up:
-            h = layer(torch.cat([h, skips.pop()], dim=1), emb) if isinstance(layer, Res) else layer(h)
-        return self.out(h)
+def FmnistUNet():
+    """The exporter's fmnist-unet preset (tools/presets/fmnist_unet.py), ddpm configuration."""
+    return UNet(**CONFIGS["ddpm"])
 
 
 def _groupnorm_order(net):
