@@ -5,13 +5,14 @@
 //! Pipeline tests run the real pipeline and operators with the `pinv` sampler (H†y, no network calls) and
 //! an injected engine; the rest run the binary.
 
-mod common;
+#[path = "common/cli.rs"]
+mod cli;
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::cli::{conjure, root, spec, stderr};
+use cli::{conjure, root, spec, stderr};
 use conjure::imageio::{self, FileFormat};
 use conjure::model::tiled::{TileConfig, TiledDenoiser};
 use conjure::model::{Denoiser, ModelKind, Parameterization};
@@ -209,7 +210,9 @@ fn a_600_dpi_lzw_tiff_keeps_compression_and_physical_size_and_gets_a_note() {
     let note = ascii(&mut d, Tag::Software);
     let hash = parse(SR4).hash();
     assert!(
-        note.contains("conjure") && note.contains(env!("CARGO_PKG_VERSION")) && note.contains(&hash),
+        note.contains("conjure")
+            && note.contains(env!("CARGO_PKG_VERSION"))
+            && note.contains(&hash),
         "{note}"
     );
     // Still pixel-exact 8-bit gray.
@@ -315,7 +318,11 @@ fn jpeg_keeps_exif_and_density_and_gets_a_comment() {
         (1, 1200, 1200)
     );
     // A COM segment (FF FE, length) holding the note.
-    let note = format!("conjure {} (spec sha256 {})", env!("CARGO_PKG_VERSION"), parse(SR4).hash());
+    let note = format!(
+        "conjure {} (spec sha256 {})",
+        env!("CARGO_PKG_VERSION"),
+        parse(SR4).hash()
+    );
     let at = out
         .windows(note.len())
         .position(|w| w == note.as_bytes())
@@ -371,7 +378,11 @@ fn a_corrupt_png_is_refused() {
 fn a_run_fails_the_truncated_files_and_restores_the_rest() {
     let (_tmp, input, output) = dirs();
     let img = noise_rgb(32, 32);
-    std::fs::write(input.join("good.png"), encoded(&img, image::ImageFormat::Png)).unwrap();
+    std::fs::write(
+        input.join("good.png"),
+        encoded(&img, image::ImageFormat::Png),
+    )
+    .unwrap();
     for (fmt, name) in [
         (image::ImageFormat::Jpeg, "a.jpg"),
         (image::ImageFormat::Png, "b.png"),
@@ -390,7 +401,10 @@ fn a_run_fails_the_truncated_files_and_restores_the_rest() {
             "{name}: {:?}",
             s.failures
         );
-        assert!(!output.join(name).exists(), "no output for a damaged {name}");
+        assert!(
+            !output.join(name).exists(),
+            "no output for a damaged {name}"
+        );
     }
 }
 
@@ -418,7 +432,12 @@ fn tract_does_not_warn_about_the_opset_of_the_shipped_models() {
             .arg(&input)
             .arg("--output")
             .arg(tmp.path().join(format!("out-{quiet}")))
-            .args(["--set", "runtime.engine=tract", "--set", "sampler.name=pinv"]);
+            .args([
+                "--set",
+                "runtime.engine=tract",
+                "--set",
+                "sampler.name=pinv",
+            ]);
         if quiet {
             c.arg("--quiet");
         }
@@ -458,7 +477,10 @@ fn onnx_runtime_tries_default_gpu_providers_silently_and_warns_for_asked_ones() 
     let o = run("default", &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let e = stderr(&o);
-    assert!(!e.contains("WARN") && !e.contains("failed to register"), "{e}");
+    assert!(
+        !e.contains("WARN") && !e.contains("failed to register"),
+        "{e}"
+    );
     assert!(e.contains("runs on"), "one line says what runs: {e}");
     let o = run("asked", &["--set", "runtime.providers=[cuda,cpu]"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -474,7 +496,10 @@ fn falling_back_to_tract_says_how_to_get_onnx_runtime() {
     let tmp = tempfile::tempdir().unwrap();
     let input = one_input(tmp.path());
     let o = conjure()
-        .env("ORT_DYLIB_PATH", tmp.path().join("no-such-libonnxruntime.so"))
+        .env(
+            "ORT_DYLIB_PATH",
+            tmp.path().join("no-such-libonnxruntime.so"),
+        )
         .args(["run"])
         .arg(spec("sr4-c-pigdm.yaml"))
         .arg("--input")
@@ -487,7 +512,9 @@ fn falling_back_to_tract_says_how_to_get_onnx_runtime() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(
-        e.contains("tract") && e.contains("pip install onnxruntime==1.31.1") && e.contains("ORT_DYLIB_PATH"),
+        e.contains("tract")
+            && e.contains("pip install onnxruntime==1.31.1")
+            && e.contains("ORT_DYLIB_PATH"),
         "{e}"
     );
 }
@@ -559,7 +586,10 @@ fn model_inspect_speaks_plain_text() {
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(text.contains("diffusion, predicts the noise"), "{text}");
-    assert!(text.contains("DDPM linear, beta 0.0001 to 0.02 over 1000 steps"), "{text}");
+    assert!(
+        text.contains("DDPM linear, beta 0.0001 to 0.02 over 1000 steps"),
+        "{text}"
+    );
     assert!(text.contains("step index 0..999"), "{text}");
     for debug in ["{", "DdpmLinear", "Index", "Eps)"] {
         assert!(!text.contains(debug), "{debug:?} in {text}");
@@ -569,12 +599,32 @@ fn model_inspect_speaks_plain_text() {
 #[test]
 fn the_engine_says_tiled_only_when_it_tiled() {
     let tiled = TiledDenoiser::new(Arc::new(Half), TileConfig::new(16, 16)).unwrap();
-    assert!(!tiled.engine().contains("tiled 16x16"), "{}", tiled.engine());
-    tiled.predict(Array4::zeros((1, 1, 16, 16)).view(), &[0.5]).unwrap();
-    assert!(tiled.engine().contains("whole images"), "{}", tiled.engine());
-    assert!(!tiled.engine().contains("tiled 16x16"), "{}", tiled.engine());
-    tiled.predict(Array4::zeros((1, 1, 16, 40)).view(), &[0.5]).unwrap();
-    assert!(tiled.engine().contains("tiled 16x16, overlap 8"), "{}", tiled.engine());
+    assert!(
+        !tiled.engine().contains("tiled 16x16"),
+        "{}",
+        tiled.engine()
+    );
+    tiled
+        .predict(Array4::zeros((1, 1, 16, 16)).view(), &[0.5])
+        .unwrap();
+    assert!(
+        tiled.engine().contains("whole images"),
+        "{}",
+        tiled.engine()
+    );
+    assert!(
+        !tiled.engine().contains("tiled 16x16"),
+        "{}",
+        tiled.engine()
+    );
+    tiled
+        .predict(Array4::zeros((1, 1, 16, 40)).view(), &[0.5])
+        .unwrap();
+    assert!(
+        tiled.engine().contains("tiled 16x16, overlap 8"),
+        "{}",
+        tiled.engine()
+    );
 }
 
 // ---- item 11: built-in models and self-contained docs ----------------------------------------------
@@ -609,7 +659,16 @@ fn a_copied_spec_finds_the_builtin_models() {
 fn texts() -> Vec<(PathBuf, String)> {
     let r = root();
     let mut v = Vec::new();
-    for top in ["src", "tests", "tools", "docs", "models", "pipelines", "examples", "benches"] {
+    for top in [
+        "src",
+        "tests",
+        "tools",
+        "docs",
+        "models",
+        "pipelines",
+        "examples",
+        "benches",
+    ] {
         for e in walkdir::WalkDir::new(r.join(top)) {
             let e = e.unwrap();
             let ok = e
@@ -644,7 +703,11 @@ fn every_doc_the_repository_cites_is_in_it() {
             }
         }
         // Documents that only exist outside the repository.
-        for outside in [concat!("algorithms", ".md"), concat!("interface", ".md"), concat!("shared", "/docs")] {
+        for outside in [
+            concat!("algorithms", ".md"),
+            concat!("interface", ".md"),
+            concat!("shared", "/docs"),
+        ] {
             if text.contains(outside) {
                 missing.push(format!("{}: {outside}", path.display()));
             }
@@ -668,8 +731,12 @@ fn the_spec_hash_in_every_output_ignores_batch_size_and_threads() {
     )
     .unwrap();
     assert_eq!(other.hash(), base);
-    let seeded =
-        PipelineSpec::parse(SR4, "t.yaml", Path::new("."), &[Override::parse("seed=9").unwrap()])
-            .unwrap();
+    let seeded = PipelineSpec::parse(
+        SR4,
+        "t.yaml",
+        Path::new("."),
+        &[Override::parse("seed=9").unwrap()],
+    )
+    .unwrap();
     assert_ne!(seeded.hash(), base);
 }

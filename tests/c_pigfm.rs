@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use conjure::model::analytic::{GaussianFlow, GaussianPrior, IdentityBasis};
 use conjure::model::{Denoiser, JacobianMode, ModelKind, Network, Parameterization};
 use conjure::operators::{Diagonal, Img, OperatorRef};
-use conjure::samplers::c_pigfm::{CPigfm, CPigfmParams, JacobianTerm};
+use conjure::samplers::c_pigfm::{CPigfm, CPigfmParams, FlowNoise, JacobianTerm};
 use conjure::samplers::{self, ModelSchedule, Problem, Sampler, SamplerConfig, SamplerName};
 use conjure::schedules::TimeInput;
 use conjure::{Error, Result};
@@ -36,6 +36,10 @@ fn params(steps: usize, w: f64, lambda: f64, st: f64, jac: JacobianTerm) -> CPig
         lambda,
         start_time: st,
         jacobian_term: jac,
+        noise: match jac {
+            JacobianTerm::Derived => FlowNoise::Exact,
+            JacobianTerm::Official => FlowNoise::Ignore,
+        },
     }
 }
 
