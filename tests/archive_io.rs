@@ -194,7 +194,8 @@ fn a_600_dpi_lzw_tiff_keeps_compression_and_physical_size_and_gets_a_note() {
     let out = output.join("scan.tif");
     let mut d = tiff_tags(&out);
     assert_eq!(d.dimensions().unwrap(), (64, 48));
-    let res = |d: &mut tiff::decoder::Decoder<_>, t| match d.get_tag(t).unwrap() {
+    let res = |d: &mut tiff::decoder::Decoder<Cursor<Vec<u8>>>, t: Tag| match d.get_tag(t).unwrap()
+    {
         tiff::decoder::ifd::Value::Rational(n, den) => f64::from(n) / f64::from(den),
         v => panic!("{v:?}"),
     };

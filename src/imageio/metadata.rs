@@ -118,14 +118,22 @@ fn read_png(bytes: &[u8]) -> Metadata {
     for t in &info.uncompressed_latin1_text {
         m.text.push((t.keyword.clone(), t.text.clone()));
     }
+    // Compressed text is inflated up to 1 MiB per chunk (a text "bomb" is left out, not allocated).
+    const TEXT_LIMIT: usize = 1 << 20;
     for t in &info.compressed_latin1_text {
-        if let Ok(s) = t.get_text() {
-            m.text.push((t.keyword.clone(), s));
+        let mut t = t.clone();
+        if t.decompress_text_with_limit(TEXT_LIMIT).is_ok() {
+            if let Ok(s) = t.get_text() {
+                m.text.push((t.keyword.clone(), s));
+            }
         }
     }
     for t in &info.utf8_text {
-        if let Ok(s) = t.get_text() {
-            m.text.push((t.keyword.clone(), s));
+        let mut t = t.clone();
+        if t.decompress_text_with_limit(TEXT_LIMIT).is_ok() {
+            if let Ok(s) = t.get_text() {
+                m.text.push((t.keyword.clone(), s));
+            }
         }
     }
     m
@@ -244,7 +252,7 @@ pub(crate) fn encode_png(
     let data: Cow<[u8]> = match samples {
         Samples::U8(s) => {
             info.bit_depth = png::BitDepth::Eight;
-            Cow::Borrowed(s)
+            Cow::Borrowed(s.as_slice())
         }
         Samples::U16(s) => {
             info.bit_depth = png::BitDepth::Sixteen;
@@ -271,11 +279,20 @@ pub(crate) fn encode_png(
         .filter(|(k, _)| meta.note.is_none() || k != "Software")
         .cloned()
         .chain(meta.note.clone().map(|n| ("Software".to_owned(), n)));
+    // PNG keywords: 1–79 printable Latin-1 characters, no leading, trailing or double spaces; text
+    // without NUL. Anything else (a damaged or exotic input chunk) is left out rather than fail the image.
+    let keyword_ok = |k: &str| {
+        (1..=79).contains(&k.chars().count())
+            && k.chars().all(|c| matches!(c as u32, 32..=126 | 161..=255))
+            && !k.starts_with(' ')
+            && !k.ends_with(' ')
+            && !k.contains("  ")
+    };
     for (k, t) in texts {
-        if k.is_empty() || k.len() > 79 {
+        if !keyword_ok(&k) || t.contains('\0') {
             continue;
         }
-        if k.is_ascii() && t.chars().all(|c| (c as u32) < 256) {
+        if t.chars().all(|c| (c as u32) < 256) {
             info.uncompressed_latin1_text
                 .push(png::text_metadata::TEXtChunk::new(k, t));
         } else {
