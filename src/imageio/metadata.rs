@@ -84,7 +84,7 @@ const TIFF_TEXT: [(tiff::tags::Tag, &str); 5] = [
     (tiff::tags::Tag::ImageDescription, "Description"),
     (tiff::tags::Tag::Artist, "Author"),
     (tiff::tags::Tag::Copyright, "Copyright"),
-    (tiff::tags::Tag::DocumentName, "Title"),
+    (tiff::tags::Tag::Unknown(269), "Title"), // DocumentName
     (tiff::tags::Tag::DateTime, "Creation Time"),
 ];
 
