@@ -1,4 +1,4 @@
-//! C-ΠGDM (algorithms.md §4, §5): coefficient tables, closed forms, reductions, the exponential-integrator
+//! C-ΠGDM (docs/samplers.md §4, §5): coefficient tables, closed forms, reductions, the exponential-integrator
 //! property, first-order convergence to its own ODE on Gaussian toys, stability, the noisy transform's
 //! inverse, and batch independence.
 

@@ -40,6 +40,7 @@ fn write_png(path: &Path, color: Array3<f64>, depth: u8, icc: Option<Vec<u8>>) {
         format: FileFormat::Png,
         icc,
         exif: None,
+        meta: Default::default(),
     };
     let bytes = imageio::encode(
         &pic,

@@ -37,7 +37,7 @@ fn opts(engine: EngineChoice) -> RuntimeOptions {
         providers: vec![Provider::Cpu],
         threads: 1,
         batch_size: 16,
-        trt_cache: None,
+        ..RuntimeOptions::default()
     }
 }
 

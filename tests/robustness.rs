@@ -72,6 +72,7 @@ fn encode(color: Array3<f64>, alpha: bool, format: FileFormat, depth: u8) -> Vec
         format,
         icc: None,
         exif: None,
+        meta: Default::default(),
     };
     imageio::encode(
         &pic,

@@ -1,4 +1,4 @@
-//! `conjure eval`: score restored images against clean references (interface.md §1).
+//! `conjure eval`: score restored images against clean references (see docs/cli.md).
 //!
 //! ```text
 //! conjure eval --reference CLEAN_DIR --restored DIR [--json FILE] [--plot FILE.png]
@@ -7,7 +7,9 @@
 //!
 //! Files are paired by relative path ignoring the extension (png / tiff / jpeg / npy); see
 //! [`conjure::metrics::eval`] for the rules. Prints a per-image table (PSNR in dB, SSIM, and
-//! ‖H x̂ − y‖ / ‖y‖ when `--operator` is given) and the means. Exit status: 0 when every reference image
+//! ‖H x̂ − y‖ / ‖y‖ when `--operator` is given) and the means. A restoration identical to its reference
+//! has PSNR `inf`; it is left out of the PSNR mean (which stays finite) and counted on its own line.
+//! Exit status: 0 when every reference image
 //! was paired and scored, 1 when some were missing or failed (the others are still scored and
 //! reported), and an error (exit 2 in `main`) when nothing could be evaluated or an argument is wrong.
 
@@ -146,6 +148,23 @@ pub fn print_report(report: &EvalReport, quiet: bool) {
         line.push_str(&format!("  {:>11}", fmt_num(s.consistency, 6)));
     }
     println!("{line}");
+    if s.identical > 0 {
+        println!(
+            "{} of {} images are identical to their reference (PSNR inf); the PSNR mean is over the \
+             other {}",
+            s.identical,
+            s.count,
+            s.count - s.identical
+        );
+    }
+    if s.count == 0 {
+        let failed = report.images.iter().filter(|r| r.error.is_some()).count();
+        eprintln!(
+            "conjure eval: no image could be scored: {failed} pair(s) failed, {} reference(s) have \
+             no restored file (reasons above)",
+            report.missing.len()
+        );
+    }
 }
 
 /// Run `conjure eval`; returns the exit status (0 all scored, 1 some missing or failed).

@@ -9,9 +9,52 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use conjure::model::card::ModelCard;
-use conjure::model::{self, RuntimeOptions};
+use conjure::model::card::{CardSchedule, ModelCard};
+use conjure::model::{self, ModelKind, Parameterization, RuntimeOptions};
 use conjure::schedules::TimeInput;
+
+/// "diffusion model predicting the noise ε", in words.
+fn kind_text(kind: ModelKind, param: Parameterization) -> String {
+    let what = match param {
+        Parameterization::Eps => "the noise (eps)",
+        Parameterization::X0 => "the clean image (x0)",
+        Parameterization::Velocity => "the velocity (x1 - z)",
+    };
+    match kind {
+        ModelKind::Diffusion => format!("diffusion, predicts {what}"),
+        ModelKind::Flow => format!("flow, predicts {what}"),
+    }
+}
+
+/// The noise schedule, in words.
+fn schedule_text(s: &CardSchedule) -> String {
+    match s {
+        CardSchedule::DdpmLinear {
+            beta_start,
+            beta_end,
+            timesteps,
+        } => format!("DDPM linear, beta {beta_start} to {beta_end} over {timesteps} steps"),
+        CardSchedule::VpContinuous { beta_min, beta_max } => {
+            format!("VP continuous, beta {beta_min} to {beta_max}")
+        }
+        CardSchedule::AlphasCumprod { file } => {
+            format!("cumulative alphas from {}", file.display())
+        }
+        CardSchedule::RectifiedFlow => {
+            "rectified flow (straight paths, t = 0 noise, t = 1 data)".into()
+        }
+    }
+}
+
+/// What the network's time input is, in words.
+fn time_text(t: TimeInput) -> String {
+    match t {
+        TimeInput::Index { timesteps } => {
+            format!("step index 0..{} (as a float)", timesteps.saturating_sub(1))
+        }
+        TimeInput::Unit => "continuous time in [0, 1]".into(),
+    }
+}
 
 pub fn inspect(dir: &Path) -> anyhow::Result<i32> {
     let card = ModelCard::load(dir)?;
@@ -19,12 +62,11 @@ pub fn inspect(dir: &Path) -> anyhow::Result<i32> {
     println!("model {}", dir.display());
     println!("  name             {}", card.name);
     println!(
-        "  kind             {:?} ({:?})",
-        card.model_kind(),
-        card.param()
+        "  kind             {}",
+        kind_text(card.model_kind(), card.param())
     );
-    println!("  schedule         {:?}", card.schedule);
-    println!("  time input       {:?}", card.time_input());
+    println!("  schedule         {}", schedule_text(&card.schedule));
+    println!("  time input       {}", time_text(card.time_input()));
     println!(
         "  image            {} x {} x {} in [{}, {}]",
         img.channels, img.height, img.width, img.value_range[0], img.value_range[1]

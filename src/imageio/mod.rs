@@ -3,16 +3,21 @@
 //!
 //! A decoded file is a [`Picture`]: colour channels (gray or RGB) in [0, 1], an optional alpha plane, the
 //! file's bit depth and format, and its ICC profile and EXIF block so that they can be carried to the
-//! output (ICC: PNG, TIFF, JPEG; EXIF: PNG, JPEG — the TIFF encoder of `image` 0.25 cannot write EXIF).
-//! [`to_model`] / [`from_model`] map [0, 1] to the model's `value_range` and back.
+//! output (ICC: PNG, TIFF, JPEG; EXIF: PNG, JPEG — not TIFF, where EXIF is a sub-directory the `tiff` encoder
+//! does not write).
+//! [`to_model`] / [`from_model`] map [0, 1] to the model's `value_range` and back. Resolution, text,
+//! TIFF compression and a processing note travel in [`Metadata`] (see [`metadata`]); colour through a
+//! model with other channels than the file is [`color`]'s business.
+
+pub mod color;
+pub mod metadata;
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use image::codecs::jpeg::JpegEncoder;
-use image::codecs::png::PngEncoder;
-use image::codecs::tiff::TiffEncoder;
 use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageEncoder, ImageReader};
+pub use metadata::{Metadata, Resolution, ResolutionUnit};
 use ndarray::{Array2, Array3, Axis};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
@@ -67,6 +72,8 @@ pub struct Picture {
     pub format: FileFormat,
     pub icc: Option<Vec<u8>>,
     pub exif: Option<Vec<u8>>,
+    /// Resolution, text, TIFF compression, processing note.
+    pub meta: Metadata,
 }
 
 impl Picture {
@@ -119,7 +126,8 @@ pub fn decode_bytes_limited(
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| image_err(path, e))?;
-    if reader.format().is_none() {
+    let reader_format = reader.format();
+    if reader_format.is_none() {
         return Err(image_err(
             path,
             format!(
@@ -149,6 +157,11 @@ pub fn decode_bytes_limited(
         .map_err(|e| image_err(path, e))?;
     let icc = decoder.icc_profile().ok().flatten();
     let exif = decoder.exif_metadata().ok().flatten();
+    let detected = reader_format.expect("checked above");
+    if detected == image::ImageFormat::Jpeg {
+        metadata::check_jpeg(bytes).map_err(|e| image_err(path, e))?;
+    }
+    let meta = metadata::read(bytes, detected);
     let img = DynamicImage::from_decoder(decoder).map_err(|e| image_err(path, e))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let color_type = img.color();
@@ -220,6 +233,7 @@ pub fn decode_bytes_limited(
         format,
         icc,
         exif,
+        meta,
     })
 }
 
@@ -276,8 +290,9 @@ fn quantize(v: f64, max: f64) -> f64 {
     (v.clamp(0.0, 1.0) * max).round()
 }
 
-/// Encode a picture (colour in [0, 1], clamped and rounded here) to bytes, carrying ICC and EXIF where the
-/// format can hold them. JPEG drops alpha (it has none) and writes 8 bits.
+/// Encode a picture (colour in [0, 1], clamped and rounded here) to bytes, carrying ICC, EXIF and
+/// [`Metadata`] where the format can hold them (see [`metadata`]). JPEG drops alpha (it has none) and
+/// writes 8 bits.
 pub fn encode(pic: &Picture, opts: EncodeOptions, path: &Path) -> Result<Vec<u8>> {
     // The TIFF encoder has no gray + alpha: write such images as RGBA.
     let expanded;
@@ -317,80 +332,47 @@ pub fn encode(pic: &Picture, opts: EncodeOptions, path: &Path) -> Result<Vec<u8>
         }
     }
     let (w32, h32) = (w as u32, h as u32);
-    let bad = || image_err(path, "internal buffer size mismatch");
-    let img = if depth == 16 {
-        let s: Vec<u16> = samples.iter().map(|v| *v as u16).collect();
-        match (c, alpha.is_some()) {
-            (1, false) => {
-                DynamicImage::ImageLuma16(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?)
-            }
-            (1, true) => {
-                DynamicImage::ImageLumaA16(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?)
-            }
-            (_, false) => {
-                DynamicImage::ImageRgb16(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?)
-            }
-            (_, true) => {
-                DynamicImage::ImageRgba16(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?)
-            }
-        }
+    let samples = if depth == 16 {
+        metadata::Samples::U16(samples.iter().map(|v| *v as u16).collect())
     } else {
-        let s: Vec<u8> = samples.iter().map(|v| *v as u8).collect();
-        match (c, alpha.is_some()) {
-            (1, false) => {
-                DynamicImage::ImageLuma8(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?)
-            }
-            (1, true) => {
-                DynamicImage::ImageLumaA8(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?)
-            }
-            (_, false) => {
-                DynamicImage::ImageRgb8(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?)
-            }
-            (_, true) => {
-                DynamicImage::ImageRgba8(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?)
-            }
-        }
+        metadata::Samples::U8(samples.iter().map(|v| *v as u8).collect())
     };
-    let mut buf = Vec::new();
-    let icc = pic.icc.clone();
-    let exif = pic.exif.clone();
+    let icc = pic.icc.as_deref();
+    let exif = pic.exif.as_deref();
     match opts.format {
-        FileFormat::Png => {
-            let mut enc = PngEncoder::new(&mut buf);
-            if let Some(p) = icc {
-                let _ = enc.set_icc_profile(p);
-            }
-            if let Some(e) = exif {
-                let _ = enc.set_exif_metadata(e);
-            }
-            img.write_with_encoder(enc)
-                .map_err(|e| image_err(path, e))?;
-        }
-        FileFormat::Tiff => {
-            let mut cur = Cursor::new(&mut buf);
-            let mut enc = TiffEncoder::new(&mut cur);
-            if let Some(p) = icc {
-                let _ = enc.set_icc_profile(p);
-            }
-            img.write_with_encoder(enc)
-                .map_err(|e| image_err(path, e))?;
-        }
+        FileFormat::Png => metadata::encode_png(w32, h32, nc, &samples, icc, exif, &pic.meta)
+            .map_err(|e| image_err(path, e)),
+        FileFormat::Tiff => metadata::encode_tiff(w32, h32, nc, &samples, icc, &pic.meta)
+            .map_err(|e| image_err(path, e)),
         FileFormat::Jpeg => {
+            let metadata::Samples::U8(s) = samples else {
+                unreachable!("jpeg is written at 8 bits")
+            };
+            let bad = || image_err(path, "internal buffer size mismatch");
+            let img = match c {
+                1 => DynamicImage::ImageLuma8(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?),
+                _ => DynamicImage::ImageRgb8(ImageBuffer::from_raw(w32, h32, s).ok_or_else(bad)?),
+            };
+            let mut buf = Vec::new();
             let mut enc = JpegEncoder::new_with_quality(&mut buf, opts.jpeg_quality);
             if let Some(p) = icc {
-                let _ = enc.set_icc_profile(p);
+                let _ = enc.set_icc_profile(p.to_vec());
             }
             if let Some(e) = exif {
-                let _ = enc.set_exif_metadata(e);
+                let _ = enc.set_exif_metadata(e.to_vec());
+            }
+            if let Some(r) = &pic.meta.resolution {
+                enc.set_pixel_density(metadata::jpeg_density(r));
             }
             img.write_with_encoder(enc)
                 .map_err(|e| image_err(path, e))?;
+            Ok(match &pic.meta.note {
+                Some(n) => metadata::jpeg_with_comment(buf, n),
+                None => buf,
+            })
         }
-        FileFormat::Npy => {
-            return Err(image_err(path, "npy output is written with encode_npy"));
-        }
+        FileFormat::Npy => Err(image_err(path, "npy output is written with encode_npy")),
     }
-    Ok(buf)
 }
 
 /// Raw floats as `.npy`: float32, (C, H, W), in the model's value range, before any clamping.
@@ -464,6 +446,7 @@ pub fn encode_mask(mask: &Array2<f64>, path: &Path) -> Result<Vec<u8>> {
         format: FileFormat::Png,
         icc: None,
         exif: None,
+        meta: Metadata::default(),
     };
     encode(
         &pic,
@@ -588,6 +571,7 @@ mod tests {
                     format: fmt,
                     icc: Some(b"fake icc profile".to_vec()),
                     exif: None,
+                    meta: Metadata::default(),
                 };
                 let bytes = encode(&pic, opts(fmt, depth), p).unwrap();
                 let back = decode_bytes(&bytes, fmt, p).unwrap();
@@ -619,6 +603,7 @@ mod tests {
             format: FileFormat::Png,
             icc: None,
             exif: Some(exif.clone()),
+            meta: Metadata::default(),
         };
         let back = decode_bytes(
             &encode(&pic, opts(FileFormat::Png, 8), p).unwrap(),

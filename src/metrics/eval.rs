@@ -383,6 +383,19 @@ fn evaluate_one(
 ) -> Result<ImageMetrics> {
     let x = load(reference, opts.npy_range)?;
     let x_hat = load(restored, opts.npy_range)?;
+    if x.dim() != x_hat.dim() {
+        let size = |d: (usize, usize, usize)| {
+            format!("{}x{} {}", d.2, d.1, if d.0 == 1 { "gray" } else { "rgb" })
+        };
+        return Err(Error::Shape(format!(
+            "sizes differ: reference {} is {}, restored {} is {} (eval compares images of the same \
+             size and colour)",
+            reference.display(),
+            size(x.dim()),
+            restored.display(),
+            size(x_hat.dim())
+        )));
+    }
     let mut m = ImageMetrics::compare(&x, &x_hat, 1.0)?;
     if let (Some(yp), Some(deg)) = (measurement, &opts.operator) {
         let y = load(yp, opts.npy_range)?;

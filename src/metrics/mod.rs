@@ -138,8 +138,11 @@ impl ImageMetrics {
 pub struct Summary {
     /// Number of images averaged.
     pub count: usize,
-    /// Mean of the per-image PSNRs (dB); +∞ if any image was restored exactly; `None` with no images.
+    /// Mean of the finite per-image PSNRs (dB): images identical to their reference (PSNR +∞) are left
+    /// out, so one exact image does not make the mean +∞; `None` when no image has a finite PSNR.
     pub psnr: Option<f64>,
+    /// Number of images identical to their reference (PSNR +∞), left out of [`Summary::psnr`].
+    pub identical: usize,
     /// Mean of the per-image SSIMs.
     pub ssim: Option<f64>,
     /// Mean consistency over the images that have one.
@@ -149,12 +152,18 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Average per-image metrics (the mean of per-image PSNRs, as the paper's tables report).
+    /// Average per-image metrics (the mean of per-image PSNRs, as the paper's tables report, over the
+    /// images that are not identical to their reference).
     pub fn of<'a>(items: impl IntoIterator<Item = &'a ImageMetrics>) -> Self {
         let (mut n, mut p, mut s, mut nc, mut c) = (0usize, 0.0, 0.0, 0usize, 0.0);
+        let mut identical = 0;
         for m in items {
             n += 1;
-            p += m.psnr;
+            if m.psnr.is_finite() {
+                p += m.psnr;
+            } else {
+                identical += 1;
+            }
             s += m.ssim;
             if let Some(v) = m.consistency {
                 nc += 1;
@@ -164,7 +173,8 @@ impl Summary {
         let mean = |sum: f64, k: usize| (k > 0).then(|| sum / k as f64);
         Summary {
             count: n,
-            psnr: mean(p, n),
+            psnr: mean(p, n - identical),
+            identical,
             ssim: mean(s, n),
             consistency: mean(c, nc),
             consistency_count: nc,

@@ -387,6 +387,7 @@ fn check_finite(x: &Array4<f64>) -> Result<()> {
     }
 }
 
+pub mod builtin;
 pub mod card;
 #[cfg(feature = "onnxruntime")]
 pub mod onnxruntime;
@@ -417,6 +418,9 @@ pub struct RuntimeOptions {
     pub engine: EngineChoice,
     /// Providers in priority order.
     pub providers: Vec<Provider>,
+    /// Whether the providers were asked for (spec `runtime.providers`): then one that fails to register
+    /// is a warning; the default list tries its GPU providers silently.
+    pub providers_given: bool,
     /// Intra-op threads; 0 = all cores.
     pub threads: usize,
     /// Largest batch (tiles) per network call.
@@ -430,6 +434,7 @@ impl Default for RuntimeOptions {
         RuntimeOptions {
             engine: EngineChoice::Auto,
             providers: vec![Provider::TensorRt, Provider::Cuda, Provider::Cpu],
+            providers_given: false,
             threads: 0,
             batch_size: 16,
             trt_cache: None,
@@ -477,7 +482,8 @@ pub fn load(dir: &std::path::Path, opts: &RuntimeOptions) -> Result<LoadedModel>
             Ok(()) => load_ort(dir, &card, opts)?,
             Err(why) => {
                 tracing::info!(
-                    "onnx runtime not available ({why}); using the embedded tract engine"
+                    "onnx runtime not available ({why}); using the embedded tract engine. {}",
+                    ORT_HINT
                 );
                 load_tract(dir, &card, opts)?
             }
@@ -489,6 +495,11 @@ pub fn load(dir: &std::path::Path, opts: &RuntimeOptions) -> Result<LoadedModel>
         denoiser,
     })
 }
+
+/// How to get the faster ONNX Runtime engine, said when `engine: auto` falls back to tract.
+pub const ORT_HINT: &str =
+    "For the faster ONNX Runtime engine, `pip install onnxruntime==1.31.1` (found \
+     automatically) or set ORT_DYLIB_PATH to a libonnxruntime shared library";
 
 /// Whether the ONNX Runtime library can be found and loaded (`Err` says why not).
 pub fn ort_available() -> std::result::Result<(), String> {

@@ -619,7 +619,10 @@ impl OrtGraph {
             )));
         }
         let gpu_asked = opts.providers.iter().any(|p| *p != Provider::Cpu);
-        if gpu_asked && graph.providers.first().map(String::as_str) == Some("cpu") {
+        if gpu_asked
+            && opts.providers_given
+            && graph.providers.first().map(String::as_str) == Some("cpu")
+        {
             tracing::warn!(
                 "{}: a gpu provider was asked for, but onnx runtime runs most nodes on the cpu ({})",
                 path.display(),
@@ -928,8 +931,18 @@ fn session_builder(
         };
         match dispatch.register(&mut builder) {
             Ok(()) => registered.push(p),
-            Err(e) => {
+            // Asked for: a warning. Tried from the default list: expected on a machine without
+            // that GPU, so only at debug level (the info line of `OrtGraph::open` says what runs).
+            Err(e) if opts.providers_given => {
                 tracing::warn!(
+                    "{}: execution provider {} failed to register: {e}",
+                    path.display(),
+                    provider_name(p)
+                );
+                failures.push(format!("{}: {e}", provider_name(p)));
+            }
+            Err(e) => {
+                tracing::debug!(
                     "{}: execution provider {} failed to register: {e}",
                     path.display(),
                     provider_name(p)

@@ -1,4 +1,4 @@
-//! [`TiledDenoiser`]: run a fixed-size network on images of any size (design.md §1).
+//! [`TiledDenoiser`]: run a fixed-size network on images of any size (docs/design.md §1).
 //!
 //! The sampler works on the whole image; only the network sees model-size tiles. The wrapper
 //!
@@ -23,6 +23,7 @@
 //! With overlap 0 the windows are flat and overlapping pixels (if the even spacing makes tiles overlap) are
 //! plain averages; a non-local network will then show seams.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ndarray::{s, Array2, Array4, ArrayView4, Axis};
@@ -281,13 +282,20 @@ impl TilePlan {
 pub struct TiledDenoiser {
     inner: Arc<dyn Denoiser>,
     cfg: TileConfig,
+    /// The most tiles one image has been cut into so far (0 before the first call), so that
+    /// [`Denoiser::engine`] says "tiled" only when something was.
+    max_tiles: AtomicUsize,
 }
 
 impl TiledDenoiser {
     /// Wrap `inner`, whose networks take `cfg.tile_h`×`cfg.tile_w` inputs.
     pub fn new(inner: Arc<dyn Denoiser>, cfg: TileConfig) -> Result<Self> {
         cfg.validate()?;
-        Ok(TiledDenoiser { inner, cfg })
+        Ok(TiledDenoiser {
+            inner,
+            cfg,
+            max_tiles: AtomicUsize::new(0),
+        })
     }
 
     /// The configuration.
@@ -308,7 +316,9 @@ impl TiledDenoiser {
                 t.len()
             )));
         }
-        self.plan(x.shape()[2], x.shape()[3])
+        let plan = self.plan(x.shape()[2], x.shape()[3])?;
+        self.max_tiles.fetch_max(plan.len(), Ordering::Relaxed);
+        Ok(plan)
     }
 
     /// Gather the tiles of a padded batch: [B·n_tiles, C, th, tw] (image-major) and their time inputs.
@@ -403,14 +413,19 @@ impl TiledDenoiser {
 }
 
 impl Denoiser for TiledDenoiser {
+    /// The inner engine and how images went through it: "tiled HxW, overlap O" once an image has been
+    /// cut into tiles, "whole images" when every image so far fitted one tile, and before any call the
+    /// tile size that larger images would get.
     fn engine(&self) -> String {
-        format!(
-            "{} (tiled {}x{}, overlap {})",
-            self.inner.engine(),
-            self.cfg.tile_h,
-            self.cfg.tile_w,
-            self.cfg.overlap
-        )
+        let (h, w, o) = (self.cfg.tile_h, self.cfg.tile_w, self.cfg.overlap);
+        match self.max_tiles.load(Ordering::Relaxed) {
+            0 => format!(
+                "{} (images over {h}x{w} in {h}x{w} tiles, overlap {o})",
+                self.inner.engine()
+            ),
+            1 => format!("{} (whole images, not tiled)", self.inner.engine()),
+            _ => format!("{} (tiled {h}x{w}, overlap {o})", self.inner.engine()),
+        }
     }
 
     fn predict(&self, x: ArrayView4<f64>, t: &[f64]) -> Result<Array4<f64>> {

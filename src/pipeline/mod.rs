@@ -1,4 +1,4 @@
-//! The batch pipeline behind `conjure run` and `conjure degrade` (interface.md §1, §4).
+//! The batch pipeline behind `conjure run` and `conjure degrade` (docs/cli.md).
 //!
 //! `run`: discover the inputs (a file or a directory walked recursively, image files only, sorted by
 //! relative path), keep this shard's share (by position in the sorted list), skip outputs that already
@@ -490,7 +490,7 @@ fn check_inside(root: &Path, rel: &Path, out: &Path) -> Result<()> {
     outside("no folder of the output path exists".into())
 }
 
-/// One line of the manifest (interface.md §4).
+/// One line of the manifest (docs/cli.md).
 #[derive(Debug, Clone, Serialize)]
 pub struct ManifestRecord {
     pub input: String,
@@ -800,7 +800,9 @@ impl Ctx<'_> {
             imageio::encode_npy(x, out)?
         } else {
             let (_, h, w) = x.dim();
-            let color = imageio::from_model(x, self.engine.model.value_range);
+            let colorize = p.op.y_shape()[0] < p.op.x_shape()[0];
+            let restored = imageio::from_model(x, self.engine.model.value_range);
+            let color = imageio::color::to_output(&p.pic.color, restored, colorize);
             let alpha = p.pic.alpha.as_ref().map(|a| {
                 if a.dim() == (h, w) {
                     a.clone()
@@ -827,6 +829,10 @@ impl Ctx<'_> {
                 format,
                 icc: p.pic.icc.clone(),
                 exif: p.pic.exif.clone(),
+                meta: imageio::Metadata {
+                    note: Some(processing_note(self.spec)),
+                    ..p.pic.meta.scaled(self.spec.task.scale as f64)
+                },
             };
             imageio::encode(
                 &pic,
@@ -840,6 +846,15 @@ impl Ctx<'_> {
         };
         imageio::write_atomic(out, &bytes)
     }
+}
+
+/// The processing note written into every output image: program, version and spec hash.
+pub fn processing_note(spec: &PipelineSpec) -> String {
+    format!(
+        "conjure {} (spec sha256 {})",
+        env!("CARGO_PKG_VERSION"),
+        spec.hash()
+    )
 }
 
 /// Select image `index` (mod N) of an (N,C,H,W) init-noise array, or the (C,H,W) array itself.
@@ -992,6 +1007,7 @@ pub fn run(spec: &PipelineSpec, opts: &RunOptions) -> Result<RunSummary> {
         let card = ModelCard::load(&spec.model)?;
         let info = ModelInfo::from_card(&card, &spec.model)?;
         check_model(spec, info.kind, card.graphs.vjp.is_some())?;
+        imageio::color::check_channels(spec, info.channels)?;
         let build = |d: &Degradation, shape: [usize; 3]| d.build(shape);
         let engine = Engine {
             model: info,
@@ -1004,6 +1020,7 @@ pub fn run(spec: &PipelineSpec, opts: &RunOptions) -> Result<RunSummary> {
     let loaded = crate::model::load(&spec.model, &spec.runtime_options())?;
     let mut info = ModelInfo::from_card(&loaded.card, &loaded.dir)?;
     check_model(spec, info.kind, loaded.denoiser.has_vjp())?;
+    imageio::color::check_channels(spec, info.channels)?;
     let sampler = crate::samplers::build(&spec.sampler_config(), &info.schedule)?;
     let tiled = tiled_denoiser(spec, &loaded.card, Arc::from(loaded.denoiser))?;
     info.size = None;
@@ -1189,7 +1206,8 @@ fn run_inner(
             error: error.clone(),
             seed: job.seed,
             nfe,
-            engine: engine_name.clone(),
+            // Asked per record: after its image ran, the engine knows whether it tiled.
+            engine: engine.denoiser.engine(),
             seconds,
             spec_hash: hash.clone(),
             finished_at: now_unix(),
@@ -1412,6 +1430,8 @@ fn run_inner(
     summary.interrupted = summary.remaining > 0 && is_stopped(stop);
     summary.timing = timing;
     summary.seconds = t0.elapsed().as_secs_f64();
+    // Now that images went through it, the engine can say whether it tiled them.
+    summary.engine = engine.denoiser.engine();
     Ok(summary)
 }
 
@@ -1459,7 +1479,7 @@ pub fn add_measurement_noise(y: &mut Img, sigma: f64, seed: u64) {
     }
 }
 
-/// Make measurements y = H x + σ_y n from clean images (interface.md §1, `conjure degrade`).
+/// Make measurements y = H x + σ_y n from clean images (docs/cli.md, `conjure degrade`).
 ///
 /// Each clean image is converted to the model's channels and value range, degraded with the spec's
 /// operator (masks generated or loaded exactly as `run` does, from the same per-image seed), given
@@ -1506,6 +1526,7 @@ pub fn degrade(
                     format: pic.format,
                     icc: pic.icc.clone(),
                     exif: pic.exif.clone(),
+                    meta: pic.meta.scaled(yw as f64 / w as f64),
                 };
                 let out = output.join(&item.rel);
                 let bytes = imageio::encode(

@@ -1,5 +1,5 @@
 //! Samplers for linear inverse problems, one file each, each reading like its equations
-//! (algorithms.md §4–§10). All run a batch of problems in lock-step (one network call per step for the
+//! (docs/samplers.md §4–§10). All run a batch of problems in lock-step (one network call per step for the
 //! whole batch) while every per-sample quantity stays per sample.
 //!
 //! | name | file | paper |
@@ -52,7 +52,7 @@ pub trait Sampler: Send + Sync {
 pub struct Problem {
     pub op: OperatorRef,
     pub y: Img,
-    /// Std of the measurement noise on the model's value scale (no doubling; cf. algorithms.md §2.9).
+    /// Std of the measurement noise on the model's value scale (no doubling; cf. docs/operators.md §2.9).
     pub sigma_y: f64,
     rng: ChaCha20Rng,
     init_noise: Option<Img>,
@@ -181,7 +181,7 @@ impl SamplerName {
     }
 }
 
-/// Sampler settings as a spec gives them; `None` takes the sampler's default (algorithms.md §12).
+/// Sampler settings as a spec gives them; `None` takes the sampler's default (docs/samplers.md §12).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplerConfig {
     pub name: SamplerName,

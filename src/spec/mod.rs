@@ -1,4 +1,4 @@
-//! The pipeline spec (interface.md §2): YAML → typed, defaulted, validated [`PipelineSpec`].
+//! The pipeline spec (docs/spec.md): YAML → typed, defaulted, validated [`PipelineSpec`].
 //!
 //! * Parsing is serde-saphyr into a position-aware tree ([`node`]), so every error names `file:line:col`.
 //! * `--set a.b=value` overrides ([`Override`]) are spliced into that tree *before* validation; the value
@@ -7,7 +7,7 @@
 //!   file resolve against the spec file's directory.
 //! * Unknown keys are errors with a "did you mean" for a close name (edit distance ≤ 2, or the same key in
 //!   another section); every number is range-checked ("invalid steps 0 (expected >= 1)").
-//! * The spec maps to [`SamplerConfig`] (`None` = the sampler's default, algorithms.md §12),
+//! * The spec maps to [`SamplerConfig`] (`None` = the sampler's default, docs/samplers.md §12),
 //!   [`Degradation`] and [`RuntimeOptions`]. Masks of kind box / random / half are generated here
 //!   ([`MaskSpec::generate`]); `file` and `per-image` masks are *loaded* by the pipeline (this module knows
 //!   neither ONNX nor image files).
@@ -203,6 +203,9 @@ pub enum TileSize {
 pub struct RuntimeSpec {
     pub engine: EngineChoice,
     pub providers: Vec<Provider>,
+    /// Whether `runtime.providers` was given (else the default list, whose GPU providers are tried
+    /// silently).
+    pub providers_given: bool,
     pub batch_size: usize,
     pub threads: usize,
     pub tile_size: TileSize,
@@ -743,7 +746,14 @@ impl PipelineSpec {
             Some(n) => ctx.usize(n, "version", 1, 1)? as u32,
             None => 1,
         };
-        let model = ctx.path(top.require(ctx, "model", "the spec")?, "model")?;
+        let model_node = top.require(ctx, "model", "the spec")?;
+        let model = match &model_node.value {
+            // `builtin:<name>`: a model shipped with conjure, found from anywhere (model::builtin).
+            Value::Str(s) if s.starts_with(crate::model::builtin::PREFIX) => {
+                crate::model::builtin::resolve(s).map_err(|m| ctx.err(&model_node.origin, m))?
+            }
+            _ => ctx.path(model_node, "model")?,
+        };
         let task = Self::task(ctx, top.require(ctx, "task", "the spec")?)?;
         let sampler = Self::sampler(ctx, top.require(ctx, "sampler", "the spec")?)?;
         let seed = match top.get("seed") {
@@ -1020,6 +1030,7 @@ impl PipelineSpec {
         let mut r = RuntimeSpec {
             engine: d.engine,
             providers: d.providers,
+            providers_given: false,
             batch_size: d.batch_size,
             threads: d.threads,
             tile_size: TileSize::Model,
@@ -1063,6 +1074,7 @@ impl PipelineSpec {
                 ps.push(p);
             }
             r.providers = ps;
+            r.providers_given = true;
         }
         if let Some(n) = s.get("batch_size") {
             r.batch_size = ctx.usize(n, "batch_size", 1, 4096)?;
@@ -1184,6 +1196,7 @@ impl PipelineSpec {
         RuntimeOptions {
             engine: self.runtime.engine,
             providers: self.runtime.providers.clone(),
+            providers_given: self.runtime.providers_given,
             threads: self.runtime.threads,
             batch_size: self.runtime.batch_size,
             trt_cache: self.runtime.trt_cache.clone(),
@@ -1191,11 +1204,17 @@ impl PipelineSpec {
     }
 
     /// SHA-256 (hex) of the resolved spec: every key after defaults, overrides and path resolution
-    /// (the `Debug` rendering of this struct, without the spec file's own path). Two runs with the same
-    /// hash used the same settings.
+    /// (the `Debug` rendering of this struct, without the spec file's own path, `runtime.batch_size` and
+    /// `runtime.threads`, which do not change results). Two runs with the same hash used the same
+    /// settings.
     pub fn hash(&self) -> String {
         let mut s = self.clone();
         s.source = None;
+        // Settings that cannot change a result (outputs are identical across batch sizes and thread
+        // counts, and every output image carries this hash) are left out.
+        s.runtime.providers_given = false;
+        s.runtime.batch_size = 0;
+        s.runtime.threads = 0;
         let digest = Sha256::digest(format!("{s:?}").as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
