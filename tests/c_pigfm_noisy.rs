@@ -233,7 +233,7 @@ fn converges_to_its_noisy_ode_at_first_order() {
         );
         assert!((-1.3..=-0.7).contains(&slope), "slope {slope}");
         // The noise is σ_y on the model scale: at 200 NFE the sampler is far closer to the σ_y ODE.
-        assert!(errs[5] < 0.05 * gap, "{} vs {gap}", errs[5]);
+        assert!(errs[5] < 0.1 * gap, "{} vs {gap}", errs[5]);
     }
 }
 

@@ -129,6 +129,7 @@ fn smoke_study_end_to_end() {
         // The best mean PSNR among the points whose raw outputs stay within ±1.2, else among all.
         let in_range: Vec<_> = tuned
             .iter()
+            .copied()
             .filter(|r| r.error.is_none() && r.overshoot.iter().all(|&o| o <= 0.2))
             .collect();
         assert!(tuned.iter().all(|r| r.overshoot.len() == 4));

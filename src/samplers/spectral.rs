@@ -61,7 +61,7 @@ impl<T> SpectralMap<T> {
 
     /// An x-shaped array holding `f(table)` at every coordinate.
     pub fn fill(&self, shape: &[usize], f: impl Fn(&T) -> f64) -> Img {
-        let vals: Vec<f64> = self.tables.iter().map(|t| f(t)).collect();
+        let vals: Vec<f64> = self.tables.iter().map(|t| f(t.as_ref())).collect();
         let data = self.index.iter().map(|&i| vals[i as usize]).collect();
         Img::from_shape_vec((shape[0], shape[1], shape[2]), data).expect("x-shaped")
     }
