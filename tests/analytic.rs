@@ -1,4 +1,4 @@
-//! The analytic oracles (algorithms.md §14.3) against independent references: central finite differences of
+//! The analytic oracles (docs/samplers.md §14.3) against independent references: central finite differences of
 //! their forwards, the log density of the noised mixture, the single-Gaussian oracles, and a dense Bayesian
 //! posterior computed with nalgebra.
 

@@ -406,8 +406,8 @@ fn large_tau_and_w_stay_accurate_with_a_rounded_projector() {
     assert!(errs[3] < errs[1] && errs[1] < errs[0], "{errs:?}");
 }
 
-/// The validity measure of the noisy variant's first-order inverse: |c3| e^{−(c1+c2)} / s_min², computed
-/// here from its definition (algorithms.md §5) at every grid time, small for mild settings and huge at the
+/// The validity measure of the official noisy variant's first-order inverse: |c3| e^{−(c1+c2)} / s_min², computed
+/// here from its definition (docs/samplers.md §5) at every grid time, small for mild settings and huge at the
 /// published w = 15, τ = 0.4 with σ_y = 0.05, where the quality study saw the noisy variant fail.
 #[test]
 fn noisy_inverse_ratio_matches_its_definition() {
@@ -416,7 +416,7 @@ fn noisy_inverse_ratio_matches_its_definition() {
     let eps_n = 1e-6;
     for (w, tau, sy) in [(15.0, 0.4, 0.05), (2.0, 0.1, 0.01)] {
         let mut cfg = config(SamplerName::CPigdm, 5, w, 0.0, tau, 0.001, eps_n);
-        cfg.variant = Some("noisy".into());
+        cfg.variant = Some("official".into());
         let s = cpigdm(&cfg);
         let want = s
             .times()
@@ -506,7 +506,7 @@ fn noiseless_output_is_measurement_consistent() {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Noisy variant (§5, §14.2 items 1 and 4)
+// Official noisy variant (§5, §14.2 items 1 and 4); the exact noisy form is tested in c_pigdm_noisy.rs
 
 #[test]
 fn noiseless_transform_inverts_exactly() {
@@ -558,7 +558,7 @@ fn noisy_inverse_residual_is_quadratic_in_c3() {
 }
 
 #[test]
-fn noisy_variant_with_zero_noise_equals_noiseless_and_noisy_differs() {
+fn official_variant_with_zero_noise_equals_noiseless_and_noisy_differs() {
     let (op, mean, var, x_true) = toy();
     let oracle = vp_oracle(mean, var);
     let net = eps_net(&oracle, TimeInput::Unit);
@@ -575,17 +575,20 @@ fn noisy_variant_with_zero_noise_equals_noiseless_and_noisy_differs() {
         s.sample(&net, &mut p).unwrap().remove(0)
     };
     let base = run("noiseless", 0.0);
-    assert!(max_abs_diff(&run("noisy", 0.0), &base) < 1e-12);
+    assert!(max_abs_diff(&run("official", 0.0), &base) < 1e-12);
     assert_eq!(run("auto", 0.0), base);
-    // σ_y > 0: auto runs the noisy form, noiseless ignores σ_y.
+    // σ_y > 0: official runs the heuristic noisy form, auto the exact one, noiseless ignores σ_y.
     assert_eq!(run("noiseless", 0.05), base);
-    let noisy = run("auto", 0.05);
-    assert_eq!(noisy, run("noisy", 0.05));
-    let d = max_abs_diff(&noisy, &base);
-    assert!(
-        d > 1e-6 && noisy.iter().all(|v| v.is_finite()),
-        "noisy vs noiseless {d:e}"
-    );
+    let official = run("official", 0.05);
+    let exact = run("auto", 0.05);
+    for noisy in [&official, &exact] {
+        let d = max_abs_diff(noisy, &base);
+        assert!(
+            d > 1e-6 && noisy.iter().all(|v| v.is_finite()),
+            "noisy vs noiseless {d:e}"
+        );
+    }
+    assert!(max_abs_diff(&official, &exact) > 1e-6);
 }
 
 #[test]

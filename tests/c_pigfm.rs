@@ -1,4 +1,4 @@
-//! C-ΠGFM (algorithms.md §9) against independent references: the §9.5 coefficient tables, the λ = 0 closed
+//! C-ΠGFM (docs/samplers.md §9) against independent references: the §9.5 coefficient tables, the λ = 0 closed
 //! forms, the w = 0 Euler reduction, the exponential-integrator property with frozen network outputs
 //! (§14.2 item 8), first-order convergence to the §9.1 ODE on a Gaussian toy (§14.3 item 5, RK4 reference
 //! from closed-form velocities), data consistency, and batch independence.
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use conjure::model::analytic::{GaussianFlow, GaussianPrior, IdentityBasis};
 use conjure::model::{Denoiser, JacobianMode, ModelKind, Network, Parameterization};
 use conjure::operators::{Diagonal, Img, OperatorRef};
-use conjure::samplers::c_pigfm::{CPigfm, CPigfmParams, JacobianTerm};
+use conjure::samplers::c_pigfm::{CPigfm, CPigfmParams, FlowNoise, JacobianTerm};
 use conjure::samplers::{self, ModelSchedule, Problem, Sampler, SamplerConfig, SamplerName};
 use conjure::schedules::TimeInput;
 use conjure::{Error, Result};
@@ -36,6 +36,10 @@ fn params(steps: usize, w: f64, lambda: f64, st: f64, jac: JacobianTerm) -> CPig
         lambda,
         start_time: st,
         jacobian_term: jac,
+        noise: match jac {
+            JacobianTerm::Derived => FlowNoise::Exact,
+            JacobianTerm::Official => FlowNoise::Ignore,
+        },
     }
 }
 
@@ -109,7 +113,7 @@ fn run(s: &dyn Sampler, net: &Network, problems: Vec<Problem>) -> Vec<Img> {
 // ---------------------------------------------------------------------------------------------------------
 // coefficients
 
-/// algorithms.md §9.5: w = 20, λ = 0.2, st = 0.6, K = 10.
+/// docs/samplers.md §9.5: w = 20, λ = 0.2, st = 0.6, K = 10.
 #[test]
 fn coefficients_match_table_9_5() {
     let s = CPigfm::new(params(10, 20.0, 0.2, 0.6, JacobianTerm::Derived)).unwrap();
@@ -149,7 +153,7 @@ fn coefficients_match_table_9_5() {
     }
 }
 
-/// algorithms.md §9.3: with λ = 0, I₁ = t, Y₁ = b(t), Y₁ + Y₂ = e^{b(t)} − 1 (cumulative from 0), and K₁
+/// docs/samplers.md §9.3: with λ = 0, I₁ = t, Y₁ = b(t), Y₁ + Y₂ = e^{b(t)} − 1 (cumulative from 0), and K₁
 /// has the polynomial antiderivative w (t²/2 − 2t³/3 + t⁴/4).
 #[test]
 fn lambda_zero_closed_forms() {

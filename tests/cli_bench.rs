@@ -41,7 +41,9 @@ fn bench_spec(tmp: &Path, spec: &str, args: &[&str]) -> Value {
     );
     // The text report still goes to stdout with --json FILE.
     assert!(
-        stdout.contains("overhead") && stdout.contains("images/s"),
+        stdout.contains("overhead")
+            && stdout.contains("images/s")
+            && stdout.contains(" forwards ("),
         "{stdout}"
     );
     // The cycled inputs and the outputs lived in a temporary folder that is gone.
@@ -141,6 +143,54 @@ fn check_consistent(r: &Value, images: u64, steps: u64) {
     assert!(f(r, &["io_thread_seconds"]) >= 0.0);
     assert!(u(r, "peak_rss_bytes") > 1 << 20, "{r}");
     assert!(u(r, "threads") >= 1);
+    check_step_cost(r, images);
+}
+
+/// `step_over_forward` and the fields it is made of (README, Performance; bench.rs module doc).
+fn check_step_cost(r: &Value, images: u64) {
+    let close = |a: f64, b: f64, what: &str| {
+        assert!(
+            (a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs())),
+            "{what}: {a} vs {b} in {r}"
+        )
+    };
+    // One step per image: the run's network seconds over the paper's NFE count.
+    let step = f(r, &["step_seconds_per_image"]);
+    close(
+        step * u(r, "nfe") as f64,
+        f(r, &["seconds", "network"]),
+        "step × nfe = network",
+    );
+    // One forward per image: the calibration's median call over its batch, the run's batch size.
+    let cal = &r["forward_calibration"];
+    assert_eq!(u(cal, "batch"), u(r, "batch_size").min(images), "{r}");
+    let calls = u(cal, "calls");
+    assert!((5..=50).contains(&calls), "{calls} calibration calls");
+    let fwd = f(r, &["forward_seconds_per_image"]);
+    assert!(fwd > 0.0 && fwd.is_finite());
+    close(
+        fwd * u(cal, "batch") as f64,
+        f(cal, &["median_call_seconds"]),
+        "forward × batch = median call",
+    );
+    close(
+        f(r, &["step_over_forward"]),
+        step / fwd,
+        "step_over_forward",
+    );
+    // The calibration is not in the run's counters (they still match the manifest above) and its
+    // per-kind split is the run's own.
+    let calls = &r["network_calls"];
+    close(
+        f(r, &["run_forward_seconds_per_image"]) * u(calls, "forward_images") as f64,
+        f(r, &["seconds", "network_forward"]),
+        "run forward per image",
+    );
+    close(
+        f(r, &["run_vjp_seconds_per_image"]) * u(calls, "vjp_images") as f64,
+        f(r, &["seconds", "network_vjp"]),
+        "run vjp per image",
+    );
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Unconditional DDIM (algorithms.md §8.5): the deterministic recursion against its Gaussian closed form,
+//! Unconditional DDIM (docs/samplers.md §8.5): the deterministic recursion against its Gaussian closed form,
 //! convergence to the exact probability-flow transport, the η > 0 sample moments, and that y is ignored.
 
 mod cpigdm_support;

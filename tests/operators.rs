@@ -1,4 +1,4 @@
-//! Linear degradation operators (algorithms.md §2, §14.1): algebraic laws on random inputs (proptest),
+//! Linear degradation operators (docs/operators.md, §14.1): algebraic laws on random inputs (proptest),
 //! dense cross-checks against independent direct formulas on 8×8 and 16×16 images, dense pseudo-inverse
 //! and projector checks, the reference numbers of §2.4–2.6, and error handling.
 

@@ -1,4 +1,4 @@
-//! ΠGDM (algorithms.md §6 continuous `pgdm_cont`, §8.1 discrete `pgdm`): coefficients, reductions to
+//! ΠGDM (docs/samplers.md §6 continuous `pgdm_cont`, §8.1 discrete `pgdm`): coefficients, reductions to
 //! λ-DDIM, the inpainting start, first-order convergence to its own ODE, its instability where C-ΠGDM is
 //! stable, closed-form discrete steps on a Gaussian toy, and batch independence.
 

@@ -1,4 +1,4 @@
-//! ΠGFM (algorithms.md §10) against independent references: the w = 0 Euler reduction, one hand-computed
+//! ΠGFM (docs/samplers.md §10) against independent references: the w = 0 Euler reduction, one hand-computed
 //! step with frozen network outputs, first-order convergence to its own ODE on a Gaussian toy (RK4
 //! reference from closed-form velocities), batch independence, and its configuration.
 

@@ -3,7 +3,7 @@
 //! `live_slurm_array_restores_every_input_once_and_resumes_a_failed_task` installs Slurm from apt when it
 //! is absent (`slurmctld slurmd slurm-client munge`), configures a private single-node cluster on
 //! localhost in a temporary folder (its own munge key and socket, free ports, `proctrack/linuxproc`,
-//! `task/none`, no cgroups, no accounting; design.md §5), starts munged, slurmctld and slurmd, and submits
+//! `task/none`, no cgroups, no accounting; docs/design.md §5), starts munged, slurmctld and slurmd, and submits
 //! `examples/slurm/restore-array.sbatch` as `sbatch --array=0-3 --wait` over the eight examples/sr4
 //! measurements plus one corrupt file. It asserts that the array's exit status is the failed task's (1),
 //! that `conjure manifest merge` reports exactly that input failed and nothing missing; then it repairs the

@@ -126,7 +126,18 @@ fn smoke_study_end_to_end() {
         }
         assert_eq!(tuned.len(), 2, "{task} {run}: two grid points");
         assert!(tuned.iter().all(|r| r.images.len() == 4));
-        let best = tuned
+        // The best mean PSNR among the points whose raw outputs stay within ±1.2, else among all.
+        let in_range: Vec<_> = tuned
+            .iter()
+            .filter(|r| r.error.is_none() && r.overshoot.iter().all(|&o| o <= 0.2))
+            .collect();
+        assert!(tuned.iter().all(|r| r.overshoot.len() == 4));
+        let pool = if in_range.is_empty() {
+            &tuned
+        } else {
+            &in_range
+        };
+        let best = pool
             .iter()
             .max_by(|a, b| a.mean_psnr().total_cmp(&b.mean_psnr()))
             .unwrap();
@@ -313,4 +324,89 @@ fn idx_reader_pads_scales_and_checks() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("cut.idx") && e.contains("truncated"), "{e}");
+}
+
+/// `data.quantize`: 8 or 16 bits only; y lands on the 2^bits − 1 levels of the value range, clipped, and a
+/// quantized measurement differs from the f64 one by at most half a level.
+#[test]
+fn quantize_option_rounds_y_to_file_levels() {
+    use conjure::study::quantize;
+    let dir = root().join("pipelines/experiments");
+    let with = |q: &str| {
+        format!(
+            "version: 1\nmodels: {{diffusion: ../../models/fmnist-ddpm}}\ndata: {{test: {{dir: ../../examples/fmnist/clean, count: 2}}, quantize: {q}}}\ntasks:\n  sr: {{operator: sr-bicubic, scale: 4}}\nruns:\n  - sampler: {{name: pinv}}\n    nfe: [1]\n"
+        )
+    };
+    let e = parse_err(&with("12"));
+    assert!(e.contains("quantize") && e.contains("8 or 16"), "{e}");
+    for bits in [8u32, 16] {
+        let s = StudySpec::parse(&with(&bits.to_string()), &dir.join("t.yaml"), &dir).unwrap();
+        assert_eq!(s.quantize, Some(bits));
+    }
+    assert_eq!(
+        StudySpec::parse(
+            &format!("{HEAD}runs:\n  - sampler: {{name: pinv}}\n    nfe: [1]\n"),
+            &dir.join("t.yaml"),
+            &dir
+        )
+        .unwrap()
+        .quantize,
+        None
+    );
+    let y = Img::from_shape_vec((1, 1, 5), vec![-1.3, -1.0, 0.1234567, 0.999, 2.0]).unwrap();
+    for bits in [8u32, 16] {
+        let levels = ((1u64 << bits) - 1) as f64;
+        let q = quantize(&y, bits, [-1.0, 1.0]);
+        for (&a, &b) in y.iter().zip(&q) {
+            let k = (b + 1.0) / 2.0 * levels;
+            assert!(
+                (k - k.round()).abs() < 1e-9,
+                "{b} is not on a {bits}-bit level"
+            );
+            assert!((-1.0..=1.0).contains(&b));
+            if (-1.0..=1.0).contains(&a) {
+                assert!((a - b).abs() <= 1.0 / levels + 1e-12, "{a} → {b}");
+            }
+        }
+        assert_eq!(q[[0, 0, 0]], -1.0);
+        assert_eq!(q[[0, 0, 4]], 1.0);
+    }
+}
+
+/// Tuning's choice: the best mean PSNR among points whose worst raw output stays within 0.2 of the range;
+/// the best overall only when none does; a diverged point never wins over a finite one.
+#[test]
+fn tuning_prefers_points_that_stay_in_range() {
+    use conjure::study::{choose, ConfigResult};
+    let point = |psnr: f64, overshoot: f64, error: bool| ConfigResult {
+        key: String::new(),
+        phase: "tune".into(),
+        task: "t".into(),
+        run: "r".into(),
+        sampler: "c-pigdm".into(),
+        jacobian: "exact".into(),
+        nfe: 5,
+        settings: vec![],
+        images: vec!["a".into(), "b".into()],
+        psnr: vec![Some(psnr), Some(psnr)],
+        ssim: vec![0.5, 0.5],
+        consistency: vec![0.1, 0.1],
+        overshoot: vec![0.0, overshoot],
+        seconds: 1.0,
+        error: error.then(|| "diverged".into()),
+    };
+    // 21 dB but one image reaches 3.0 beyond the range: the in-range 19 dB point wins.
+    let pts = [
+        point(19.0, 0.1, false),
+        point(21.0, 3.0, false),
+        point(18.0, 0.0, false),
+    ];
+    assert_eq!(choose(&pts), Some(0));
+    // None in range: the best mean.
+    let pts = [point(19.0, 0.5, false), point(21.0, 3.0, false)];
+    assert_eq!(choose(&pts), Some(1));
+    // A diverged point is not in range and has −∞ mean.
+    let pts = [point(30.0, 0.0, true), point(12.0, 0.0, false)];
+    assert_eq!(choose(&pts), Some(1));
+    assert_eq!(choose(&[]), None);
 }

@@ -26,6 +26,22 @@
 //! decode, prepare, encode and write time summed over images (thread-seconds, from the manifest's
 //! per-image seconds minus the sampling share).
 //!
+//! **Cost of one step in forwards.** `step_seconds_per_image` = `seconds.network` / `nfe`: the network
+//! wall time of the run per image and per step, where `nfe` counts steps as the paper does (a step that
+//! runs a forward and a VJP counts once), so it is everything the network did for one image in one step
+//! (for C-ΠGDM with `jacobian: exact`: this step's ε̂ and its VJP). `forward_seconds_per_image` is one
+//! plain forward, measured after the run by a calibration on the same engine, session and threads: the
+//! forward of a batch of the run's size (`min(batch_size, images)`, the model's image size, pseudo-random
+//! x, the network time of t = ½), one untimed warm-up call, then at least
+//! [`CALIBRATION_MIN_CALLS`] calls and at least [`CALIBRATION_MIN_SECONDS`] s (at most
+//! [`CALIBRATION_MAX_CALLS`] calls); the median call time over the batch size. `step_over_forward` =
+//! `step_seconds_per_image` / `forward_seconds_per_image`: how many plain forwards one step costs (1 for
+//! a forward-only sampler up to the run's overheads of the first calls, ~2 is the floor for a step with
+//! a VJP). The calibration calls bypass the timing decorator, so `seconds` and `network_calls` are the
+//! run's alone, and its time is not in `total`. `run_forward_seconds_per_image` and
+//! `run_vjp_seconds_per_image` split the run's own network time per image by call kind (a graph that
+//! recomputes the forward inside the VJP shows here as a VJP that costs more than a forward).
+//!
 //! `--analytic` swaps the network for the exact Gaussian-prior denoiser of the model's kind,
 //! parameterization and time input (prior N(0, 0.25 I) at the model's image size): the network time is
 //! then the oracle's and the rest is the pure pipeline + sampler cost.
@@ -116,6 +132,17 @@ pub struct NetworkCalls {
     pub vjp_images: u64,
 }
 
+/// The forward calibration behind `forward_seconds_per_image` (see the module doc).
+#[derive(Debug, Serialize)]
+pub struct ForwardCalibration {
+    /// Images per calibration call: the run's batch size, at most the number of images.
+    pub batch: usize,
+    /// Timed calls (after one untimed warm-up call).
+    pub calls: usize,
+    /// Median wall seconds of one call.
+    pub median_call_seconds: f64,
+}
+
 /// The bench report (`--json`).
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
@@ -151,8 +178,84 @@ pub struct BenchReport {
     pub network_calls: NetworkCalls,
     /// (total − network) / network.
     pub overhead_ratio: f64,
+    /// Network seconds per image and step: `seconds.network / nfe` (null when nothing was restored).
+    pub step_seconds_per_image: Option<f64>,
+    /// One plain forward per image, from the calibration: `median_call_seconds / batch`.
+    pub forward_seconds_per_image: f64,
+    pub forward_calibration: ForwardCalibration,
+    /// `step_seconds_per_image / forward_seconds_per_image`: one step's network cost in forwards.
+    pub step_over_forward: Option<f64>,
+    /// The run's forward seconds per image (`seconds.network_forward / network_calls.forward_images`).
+    pub run_forward_seconds_per_image: Option<f64>,
+    /// The run's VJP seconds per image (`seconds.network_vjp / network_calls.vjp_images`).
+    pub run_vjp_seconds_per_image: Option<f64>,
     /// Peak resident set size of the process (VmHWM), bytes; null where unavailable.
     pub peak_rss_bytes: Option<u64>,
+}
+
+/// At least this many timed calls in the forward calibration.
+pub const CALIBRATION_MIN_CALLS: usize = 5;
+/// And calls until this many seconds have passed.
+pub const CALIBRATION_MIN_SECONDS: f64 = 1.0;
+/// But never more calls than this.
+pub const CALIBRATION_MAX_CALLS: usize = 50;
+
+/// Time one plain forward of `batch` images of `shape` at network time `t` (module doc): one warm-up
+/// call, then calls until both minimums are met; returns the median call time.
+fn calibrate_forward(
+    denoiser: &dyn Denoiser,
+    batch: usize,
+    shape: [usize; 3],
+    t: f64,
+) -> anyhow::Result<ForwardCalibration> {
+    let [c, h, w] = shape;
+    // A fixed pseudo-random batch in about [-1, 1] (the values do not change a network's cost).
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let x = ndarray::Array4::from_shape_simple_fn((batch, c, h, w), || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    });
+    let ts = vec![t; batch];
+    denoiser
+        .predict(x.view(), &ts)
+        .context("forward calibration")?;
+    let (mut calls, start) = (Vec::new(), Instant::now());
+    while calls.len() < CALIBRATION_MAX_CALLS
+        && (calls.len() < CALIBRATION_MIN_CALLS
+            || start.elapsed().as_secs_f64() < CALIBRATION_MIN_SECONDS)
+    {
+        let t0 = Instant::now();
+        denoiser
+            .predict(x.view(), &ts)
+            .context("forward calibration")?;
+        calls.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(ForwardCalibration {
+        batch,
+        calls: calls.len(),
+        median_call_seconds: median(&mut calls),
+    })
+}
+
+/// The median (the mean of the two middle values for an even count); 0 for none.
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// `a / b`, or `None` when `b` is not positive.
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0).then(|| a / b)
 }
 
 /// A sampler decorator that sums the wall time of `sample` calls.
@@ -313,7 +416,7 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         Arc::from(conjure::model::load(&spec.model, &spec.runtime_options())?.denoiser)
     };
     pipeline::check_model(&spec, info.kind, inner.has_vjp())?;
-    let timed = Arc::new(TimedDenoiser::new(inner));
+    let timed = Arc::new(TimedDenoiser::new(inner.clone()));
     let tiled = pipeline::tiled_denoiser(&spec, &card, timed.clone())?;
     info.size = None;
     let sampler = conjure::samplers::build(&spec.sampler_config(), &info.schedule)?;
@@ -366,6 +469,19 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let t0 = Instant::now();
     let summary = pipeline::run_with(&spec, &opts, &engine)?;
     let total = t0.elapsed().as_secs_f64();
+
+    // One plain forward at the run's batch size, on the engine itself (not through the decorator).
+    let t_mid = match engine.model.kind {
+        ModelKind::Diffusion => engine.model.time.diffusion_continuous(0.5),
+        ModelKind::Flow => engine.model.time.flow(0.5),
+    };
+    let calibration = calibrate_forward(
+        inner.as_ref(),
+        spec.runtime.batch_size.clamp(1, n),
+        shape,
+        t_mid,
+    )?;
+    let forward_per_image = calibration.median_call_seconds / calibration.batch as f64;
     let peak_rss = peak_rss_bytes();
 
     // Per-image seconds and NFE from the manifest.
@@ -387,6 +503,8 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let io = (timing.input_wait + timing.output_wait).min((total - network - sampler_s).max(0.0));
     let idle = (total - network - sampler_s - io).max(0.0);
     let (engine_name, provider) = engine_provider(&timed.engine());
+    let nfe = sampler.nfe() * summary.restored;
+    let step = ratio(network, nfe as f64);
     Ok(BenchReport {
         spec: args.spec.display().to_string(),
         sampler: sampler.name().to_string(),
@@ -420,7 +538,7 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             output: timing.output_wait,
         },
         images_per_second: summary.restored as f64 / total.max(1e-12),
-        nfe: sampler.nfe() * summary.restored,
+        nfe,
         network_evaluations: evaluations,
         network_calls: NetworkCalls {
             forward_calls: net.forward_calls,
@@ -434,6 +552,12 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             f64::INFINITY
         },
         peak_rss_bytes: peak_rss,
+        step_seconds_per_image: step,
+        forward_seconds_per_image: forward_per_image,
+        forward_calibration: calibration,
+        step_over_forward: step.and_then(|s| ratio(s, forward_per_image)),
+        run_forward_seconds_per_image: ratio(net.forward_seconds, net.forward_images as f64),
+        run_vjp_seconds_per_image: ratio(net.vjp_seconds, net.vjp_images as f64),
     })
 }
 
@@ -488,6 +612,26 @@ pub fn render(r: &BenchReport) -> String {
         r.nfe,
         r.network_evaluations,
         100.0 * r.overhead_ratio
+    );
+    let ms = |v: Option<f64>| {
+        v.map(|s| format!("{:.2} ms", 1e3 * s))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    let cal = &r.forward_calibration;
+    o += &format!(
+        "step     {}/image of network per step = {} forwards (one forward {}/image: median of {} calls at batch {})\n",
+        ms(r.step_seconds_per_image),
+        r.step_over_forward
+            .map(|v| format!("{v:.2}"))
+            .unwrap_or_else(|| "n/a".into()),
+        ms(Some(r.forward_seconds_per_image)),
+        cal.calls,
+        cal.batch
+    );
+    o += &format!(
+        "         in the run: forward {}/image, vjp {}/image\n",
+        ms(r.run_forward_seconds_per_image),
+        ms(r.run_vjp_seconds_per_image)
     );
     o += &format!(
         "peak RSS {}\n",

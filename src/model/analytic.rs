@@ -1,4 +1,4 @@
-//! Analytic denoisers: exact ε / x̂₀ / velocity predictors for Gaussian data (algorithms.md §14.3), with
+//! Analytic denoisers: exact ε / x̂₀ / velocity predictors for Gaussian data (docs/samplers.md §14.3), with
 //! exact VJPs. They are the project's test oracles and let benchmarks measure pure sampler cost.
 //!
 //! Gaussian data x₀ = m + V c with c ~ N(0, diag(λ)) in an orthonormal basis V (the identity, or the
@@ -297,7 +297,7 @@ impl Denoiser for GaussianFlow {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Isotropic Gaussian mixtures (algorithms.md §14.3)
+// Isotropic Gaussian mixtures (docs/samplers.md §14.3)
 // ---------------------------------------------------------------------------------------------------------
 
 /// An isotropic Gaussian mixture Σ_k π_k N(m_k, s_k² I) on images of one shape.
@@ -488,7 +488,7 @@ impl GaussianMixture {
         (o_bar, g)
     }
 
-    /// The exact posterior p(x₀ | y) for y = H x₀ + σ_y n (algorithms.md §14.3), with H given by the
+    /// The exact posterior p(x₀ | y) for y = H x₀ + σ_y n (docs/samplers.md §14.3), with H given by the
     /// spectral view of `op` (the thresholded operator the samplers use). It is again a mixture; component k
     /// is Gaussian with covariance V diag(v_k) Vᵀ,
     ///

@@ -1,4 +1,4 @@
-//! The model card `model.yaml` (interface.md §3): what a model directory holds and how to call it.
+//! The model card `model.yaml` (docs/model-card.md): what a model directory holds and how to call it.
 
 use std::path::{Path, PathBuf};
 

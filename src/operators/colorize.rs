@@ -1,4 +1,4 @@
-//! Colorization (algorithms.md §2.6, `color`): per pixel y_p = h·(R_p, G_p, B_p) with
+//! Colorization (docs/operators.md §2.6, `color`): per pixel y_p = h·(R_p, G_p, B_p) with
 //! h = (0.3333, 0.3334, 0.3333); x has 3 channels, y has 1.
 //!
 //! Spectral view: a per-pixel 3×3 orthogonal V whose first row is v₁ = h/‖h‖ (the other two rows

@@ -1,4 +1,4 @@
-//! Deblurring (algorithms.md §2.5): separable Gaussian (`deblur-gaussian`) or box (`deblur-uniform`)
+//! Deblurring (docs/operators.md §2.5): separable Gaussian (`deblur-gaussian`) or box (`deblur-uniform`)
 //! blur with **zero padding** and same-size output, Y_c = B_h X_c B_wᵀ with B[i, j] = k[j − i + r] for
 //! |j − i| ≤ r = (size − 1)/2 (taps falling outside the image are dropped, the rest not renormalised).
 //! The kernel may be larger than the image. Factorized and thresholded by [`Separable`]; the operator is

@@ -1,4 +1,4 @@
-//! Denoising (algorithms.md §2.2, `deno`): H = I, so U = V = I, s = 1, H† = Hᵀ = P = I.
+//! Denoising (docs/operators.md §2.2, `deno`): H = I, so U = V = I, s = 1, H† = Hᵀ = P = I.
 
 use super::{check_shape, validate_x_shape, Img, LinearOperator};
 use crate::error::Result;

@@ -1,4 +1,4 @@
-//! Inpainting (algorithms.md §2.7, the full-size `in2_` form): y = m ⊙ x with a 0/1 mask m (H×W, 1 =
+//! Inpainting (docs/operators.md §2.7, the full-size `in2_` form): y = m ⊙ x with a 0/1 mask m (H×W, 1 =
 //! observed) shared by all channels; y has x's shape. U = V = I and the singular values are the mask, so
 //! H† = Hᵀ = P = m ⊙ ·. (The flow code's `NaiveInpainting` uses H† = I, which is not a pseudo-inverse;
 //! that quirk is not reproduced.)

@@ -1,4 +1,4 @@
-//! Linear degradation operators H (algorithms.md §2), for images of any size and channel count.
+//! Linear degradation operators H (docs/operators.md), for images of any size and channel count.
 //!
 //! Every operator exposes the maps the samplers use — `forward` (H), `adjoint` (Hᵀ), `pinv` (H†),
 //! `pinv_adjoint` ((H†)ᵀ), `project` (P = H†H) — and the *spectral view* DDRM needs: a factorization
@@ -9,13 +9,13 @@
 //! * H x   = u(s ⊙ vt(x))
 //! * Hᵀ y  = v(s ⊙ ut(y))
 //! * H† y  = v(s⁺ ⊙ ut(y)), with s⁺ = 1/s where s ≠ 0 and 0 elsewhere (the true pseudo-inverse: the
-//!   official code's "pass-through" of zero-singular coordinates, algorithms.md §2.1, is *not* reproduced)
+//!   official code's "pass-through" of zero-singular coordinates, docs/operators.md §2.1, is *not* reproduced)
 //! * P x   = v(𝟙[s ≠ 0] ⊙ vt(x)), an exact orthogonal projector.
 //!
 //! `u(ut(y)) = y` for every measurement y and `v(vt(x)) = x` for every image x. The trait provides all maps
 //! from the spectral view by default; operators override them with closed forms where those are cheaper.
 //!
-//! All arithmetic is f64 (algorithms.md §4.7: A⁻¹ amplifies errors in P by up to e^{27}).
+//! All arithmetic is f64 (docs/samplers.md §4.7: A⁻¹ amplifies errors in P by up to e^{27}).
 
 use std::sync::Arc;
 
@@ -103,7 +103,7 @@ pub trait LinearOperator: Send + Sync + std::fmt::Debug {
         });
         self.v(&c)
     }
-    /// Q x = H† (H†)ᵀ x (noisy C-ΠGDM, algorithms.md §5), = V diag(1/s²) Vᵀ on the row space, 0 elsewhere.
+    /// Q x = H† (H†)ᵀ x (noisy C-ΠGDM, docs/samplers.md §5), = V diag(1/s²) Vᵀ on the row space, 0 elsewhere.
     fn pinv_gram(&self, x: &Img) -> Img {
         self.pinv(&self.pinv_adjoint(x))
     }

@@ -1,4 +1,4 @@
-//! Shared machinery for separable operators (algorithms.md §2.4–2.5): Y_c = A_h X_c A_wᵀ for every channel
+//! Shared machinery for separable operators (docs/operators.md §2.4–2.5): Y_c = A_h X_c A_wᵀ for every channel
 //! c, with A_h ∈ ℝ^{m_h×n_h} acting on rows (image height) and A_w ∈ ℝ^{m_w×n_w} on columns (width),
 //! m ≤ n for both.
 //!

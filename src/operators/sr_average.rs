@@ -1,4 +1,4 @@
-//! Super-resolution by block averaging (algorithms.md §2.3; diffusion `srN`, DDRM "SuperResolution"),
+//! Super-resolution by block averaging (docs/operators.md §2.3; diffusion `srN`, DDRM "SuperResolution"),
 //! any integer factor f and any image size divisible by f: y is the mean of each non-overlapping f×f
 //! block of its channel.
 //!

@@ -1,4 +1,4 @@
-//! Super-resolution by separable Keys bicubic downsampling (algorithms.md §2.4; diffusion `bicubic4`,
+//! Super-resolution by separable Keys bicubic downsampling (docs/operators.md §2.4; diffusion `bicubic4`,
 //! flow `sr4`, class `SRConv`), for any integer factor f and any image size divisible by f.
 //!
 //! 1-D matrix A ∈ ℝ^{(n/f)×n}: output r is centred at c = f·r + (f − 1)/2 and takes the input pixels j

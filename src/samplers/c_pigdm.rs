@@ -1,6 +1,6 @@
 //! C-ΠGDM: the Conditional Conjugate Integrator for ΠGDM-guided diffusion (Pandey, Yang & Mandt, *Fast
 //! Samplers for Inverse Problems in Iterative Refinement Models*, NeurIPS 2024, arXiv 2405.17673; official
-//! code `mandt-lab/c-pigdm`, `ConjugatePGDMSampler` / `NoisyConjugatePGDMSampler`). algorithms.md §3–§5.
+//! code `mandt-lab/c-pigdm`, `ConjugatePGDMSampler` / `NoisyConjugatePGDMSampler`). docs/samplers.md §3–§5.
 //!
 //! **The ODE (§4.1).** In diffusion time t (sampling runs t from τ down to t_end), with the ΠGDM weight
 //! w_t = w r_t² μ_t² and m := H†y − P x̂₀ (a constant for the Jacobian),
@@ -21,11 +21,15 @@
 //! The ΔΦ's depend only on the configuration, so they are computed once, in the constructor, by adaptive
 //! double-exponential quadrature in f64 over each interval ([`super::quad::integrate`]).
 //!
-//! **Noisy variant (§5, `ncpgdm`).** A^noisy_t = A_t + c3(t) Q with Q = H†H†ᵀ
+//! **Noisy measurements.** `variant: noisy` (and `auto`, the default, when σ_y > 0) runs the exact noisy
+//! integrator of [`super::c_pigdm_noisy`]: the noisy ΠGDM ODE is diagonal in the operator's spectral basis,
+//! so its transform and inverse are exact per-singular-value scalars.
+//!
+//! **Official noisy heuristic (`variant: official`, §5, `ncpgdm`).** A^noisy_t = A_t + c3(t) Q with Q = H†H†ᵀ
 //! ([`LinearOperator::pinv_gram`]) and c3(t) = ½ w (e^{c1+c2} − 1) σ_y² ln(e^{b_t} − 1 + ε_n); its inverse is
 //! the first-order (Neumann) one of the official code, (A^noisy)⁻¹x̄ ≈ A⁻¹x̄ − A⁻¹(c3 Q A⁻¹x̄), and the update
 //! gains ΔΦ_yc Q H†y + ΔΦ_sc Q ε̂ + ΔΦ_jc Q g. This is the official code's heuristic, reproduced as written
-//! (algorithms.md §5 lists where it departs from a clean first-order derivation). σ_y is the problem's
+//! (docs/samplers.md §5 lists where it departs from a clean first-order derivation). σ_y is the problem's
 //! [`Problem::sigma_y`] taken as given, on the model's value scale: it is **not** doubled (the official
 //! `main.py` adds 2σ_y noise but uses the undoubled σ_y in c3, §2.9; here the caller states the true noise
 //! std once, so c3 and the noise agree). Q is the true H†H†ᵀ (0 off the row space), not the official
@@ -39,6 +43,7 @@
 
 use ndarray::Zip;
 
+use super::c_pigdm_noisy::NoisyCPigdm;
 use super::{check_range, quad, ModelSchedule, Problem, Sampler, SamplerConfig};
 use crate::error::{Error, Result};
 use crate::model::Network;
@@ -48,12 +53,15 @@ use crate::schedules::{linspace, VpContinuous};
 /// Which C-ΠGDM form runs (spec `sampler.variant`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
-    /// Noisy when the problem's σ_y > 0, else noiseless (decided per sample).
+    /// The exact noisy form when a problem's σ_y > 0, else noiseless (decided per batch).
     Auto,
     /// §4: ignores σ_y.
     Noiseless,
-    /// §5: uses σ_y (which may be 0, then equal to noiseless except for the inpainting start).
+    /// The exact noisy form in the operator's spectral basis ([`super::c_pigdm_noisy`]); at σ_y = 0 it
+    /// is the noiseless integrator.
     Noisy,
+    /// §5: the official first-order heuristic (`ncpgdm`), kept to reproduce the paper's code.
+    Official,
 }
 
 impl Variant {
@@ -62,16 +70,17 @@ impl Variant {
             None | Some("auto") => Ok(Variant::Auto),
             Some("noiseless") => Ok(Variant::Noiseless),
             Some("noisy") => Ok(Variant::Noisy),
+            Some("official") => Ok(Variant::Official),
             Some(other) => Err(Error::invalid(
                 "c-pigdm variant",
                 other,
-                "one of auto, noiseless, noisy",
+                "one of auto, noiseless, noisy, official",
             )),
         }
     }
 }
 
-/// Default number of steps (NFE), algorithms.md §12 (README configuration).
+/// Default number of steps (NFE), docs/samplers.md §12 (README configuration).
 pub const DEFAULT_STEPS: usize = 5;
 /// Default guidance weight w (§12).
 pub const DEFAULT_GUIDANCE: f64 = 15.0;
@@ -84,7 +93,7 @@ pub const DEFAULT_END_TIME: f64 = 0.001;
 /// Default ε_n of the Φ integrands (README / scripts value, §1.2).
 pub const DEFAULT_NUM_EPS: f64 = 1e-6;
 
-/// The ΔΦ's of one step t_k → t_{k+1} (algorithms.md §4.3, §5).
+/// The ΔΦ's of one step t_k → t_{k+1} (docs/samplers.md §4.3, §5).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepCoefficients {
     /// Δs = s_{k+1} − s_k = t_k − t_{k+1} > 0.
@@ -129,10 +138,12 @@ pub struct CPigdm {
     /// c3(t_k) / σ_y².
     c3_unit: Vec<f64>,
     coef: Vec<StepCoefficients>,
+    /// The exact noisy integrator on the same grid.
+    noisy: NoisyCPigdm,
 }
 
 impl CPigdm {
-    /// Build from a spec's sampler settings; defaults from algorithms.md §12.
+    /// Build from a spec's sampler settings; defaults from docs/samplers.md §12.
     pub fn from_config(cfg: &SamplerConfig, sched: &ModelSchedule) -> Result<Self> {
         let (vp, _) = sched.diffusion("c-pigdm")?;
         let steps = cfg.steps.unwrap_or(DEFAULT_STEPS);
@@ -221,6 +232,7 @@ impl CPigdm {
             c1: t.iter().map(|&u| c1f(u)).collect(),
             c2: t.iter().map(|&u| c2f(u)).collect(),
             c3_unit: t.iter().map(|&u| c3f(u)).collect(),
+            noisy: NoisyCPigdm::new(vp, w, lambda, eps_n, t.clone()),
             t,
             coef,
         })
@@ -255,7 +267,7 @@ impl CPigdm {
         self.variant
     }
 
-    /// A^noisy_{t_k} x = A_{t_k} x + c3(t_k) Q x (just A_{t_k} x when σ_y = 0).
+    /// A^noisy_{t_k} x = A_{t_k} x + c3(t_k) Q x of the official variant (just A_{t_k} x when σ_y = 0).
     ///
     /// Evaluated as e^{c1}[(x − Px) + e^{c2} Px], equal to e^{c1}[x + (e^{c2} − 1)Px] but without the
     /// cancellation of x + (e^{c2} − 1)x on the range of P, which the inverse would amplify by e^{−c2}.
@@ -334,7 +346,7 @@ impl CPigdm {
         u_range
     }
 
-    /// How far the noisy variant's first-order inverse (A + c3 Q)⁻¹ ≈ A⁻¹ − A⁻¹ c3 Q A⁻¹ is from its
+    /// How far the official noisy variant's first-order inverse (A + c3 Q)⁻¹ ≈ A⁻¹ − A⁻¹ c3 Q A⁻¹ is from its
     /// range of validity for operator `op` and noise `sigma_y`: max over the grid of
     /// |c3(t_k)| e^{−(c1+c2)(t_k)} ‖Q‖, with ‖Q‖ = 1 / s_min² (Q = H†H†ᵀ). The expansion needs this ≪ 1;
     /// at the published w and τ it is many orders of magnitude larger on every task of the quality study,
@@ -356,20 +368,29 @@ impl CPigdm {
             .fold(0.0, f64::max)
     }
 
-    /// σ_y the transform uses for a problem: the problem's σ_y in the noisy variant, else 0.
+    /// The exact noisy integrator ([`super::c_pigdm_noisy`]) on this sampler's grid.
+    pub fn noisy(&self) -> &NoisyCPigdm {
+        &self.noisy
+    }
+
+    /// σ_y the official transform uses for a problem: the problem's σ_y in the official variant, else 0.
     fn sigma_y_of(&self, p: &Problem) -> f64 {
         match self.variant {
-            Variant::Noiseless => 0.0,
-            Variant::Noisy => p.sigma_y,
-            Variant::Auto => p.sigma_y,
+            Variant::Official => p.sigma_y,
+            _ => 0.0,
         }
     }
 
-    fn is_noisy(&self, p: &Problem) -> bool {
+    fn is_official(&self) -> bool {
+        self.variant == Variant::Official
+    }
+
+    /// Whether a batch runs the exact noisy form.
+    fn runs_exact_noisy(&self, problems: &[Problem]) -> bool {
         match self.variant {
-            Variant::Noiseless => false,
             Variant::Noisy => true,
-            Variant::Auto => p.sigma_y > 0.0,
+            Variant::Auto => problems.iter().any(|p| p.sigma_y > 0.0),
+            Variant::Noiseless | Variant::Official => false,
         }
     }
 }
@@ -457,9 +478,12 @@ impl Sampler for CPigdm {
         if problems.is_empty() {
             return Ok(Vec::new());
         }
+        if self.runs_exact_noisy(problems) {
+            return self.noisy.sample(net, problems);
+        }
         if let Some(r) = problems
             .iter()
-            .filter(|p| self.is_noisy(p))
+            .filter(|_| self.is_official())
             .map(|p| self.noisy_inverse_ratio(p.op.as_ref(), self.sigma_y_of(p)))
             .reduce(f64::max)
             .filter(|&r| r > 1.0)
@@ -469,7 +493,7 @@ impl Sampler for CPigdm {
             WARNED.call_once(|| tracing::warn!(
                 "c-pigdm noisy variant: its first-order inverse is far outside its range of validity \
                  (|c3| e^-(c1+c2) |Q| up to {r:.1e}, needs << 1); expect divergence or garbage, \
-                 consider sampler.variant: noiseless (README, Quality study)"
+                 consider sampler.variant: noisy (README, Quality study)"
             ));
         }
         let vp = &self.vp;
@@ -482,7 +506,7 @@ impl Sampler for CPigdm {
             .iter_mut()
             .map(|p| {
                 let op = p.op.clone();
-                let noisy = self.is_noisy(p);
+                let noisy = self.is_official();
                 let sy = self.sigma_y_of(p);
                 let hy = op.pinv(&p.y);
                 let z = p.init_noise();

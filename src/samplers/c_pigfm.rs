@@ -3,9 +3,9 @@
 //! Paper: K. Pandey, R. Yang, S. Mandt, *Fast Samplers for Inverse Problems in Iterative Refinement
 //! Models*, NeurIPS 2024 (arXiv 2405.17673). Official code: `mandt-lab/c-pigdm`, `flow/sampler.py`,
 //! class `ConjugateV2` with `integral_start = 0`, as wired in `flow/conjugate_rf.py`. Equations and
-//! numbers: algorithms.md §1.5, §1.6, §3, §9.
+//! numbers: docs/samplers.md §1.5, §1.6, §3, §9.
 //!
-//! # The ODE (algorithms.md §9.1)
+//! # The ODE (docs/samplers.md §9.1)
 //!
 //! Flow time t runs from noise (0) to data (1). With γ(t) = t(1 − t), x̂₁ = x + (1 − t) v and
 //! m = H†y − P x̂₁ (a constant under differentiation),
@@ -60,10 +60,13 @@
 //! * The coefficients come from adaptive quadrature per interval in f64 (≈1e-12), not from chained RK45 at
 //!   rtol = atol = 1e-5, so they agree with the official ones to about 1e-5 relative (§9.5).
 //! * The output is not clamped; clamping to the model's value range belongs to the pipeline.
-//! * The guidance is the noiseless ΠGDM guidance (flow scripts add no noise): a problem's `sigma_y` is not
-//!   used, and a warning is logged when it is non-zero.
+//! * Noisy measurements: the flow scripts add no noise and use the noiseless guidance. Here, with the
+//!   derived Jacobian term (`variant: derived` or `auto`, the default) and σ_y > 0, the sampler runs the
+//!   exact noisy integrator of [`super::c_pigfm_noisy`] (the noisy ΠGDM guidance, diagonal in the
+//!   operator's spectral basis). `variant: noiseless` (derived Jacobian term) and `official` ignore σ_y,
+//!   with a warning when it is non-zero.
 //!
-//! # Defaults (algorithms.md §12)
+//! # Defaults (docs/samplers.md §12)
 //!
 //! | setting | default | source |
 //! |---|---|---|
@@ -71,19 +74,20 @@
 //! | guidance w | 20 | `flow/run.sh` (argparse requires it) |
 //! | λ | 0.2 | `flow/run.sh` (argparse default 1) |
 //! | start_time st | 0.6 | `flow/run.sh` `skip_t` (argparse requires it) |
-//! | variant | `derived` | the correct math; `official` reproduces the code (§9.4) |
+//! | variant | `derived` (= `auto`) | the correct math, noisy form when σ_y > 0; `noiseless` ignores σ_y; `official` reproduces the code (§9.4) |
 //!
 //! The network is called at t_i = st + iΔ for i = 0..K−1 only: never at t = 0 (NCSN++ embeds log(999 t)),
 //! and never at t = 1. Cost per step: 1 forward + 1 VJP of v, 3 applications of P, H†y cached.
 
 use ndarray::Zip;
 
+use super::c_pigfm_noisy::NoisyCPigfm;
 use super::{quad, ModelSchedule, Problem, Sampler, SamplerConfig};
 use crate::error::{Error, Result};
 use crate::model::{ModelKind, Network};
 use crate::operators::{Img, LinearOperator};
 
-/// How the Jacobian term of the update is discretized (algorithms.md §9.4).
+/// How the Jacobian term of the update is discretized (docs/samplers.md §9.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum JacobianTerm {
     /// JAC = ΔK₁ g + ΔK₂ P g: the exact integral of the §9.1 Jacobian term with g frozen.
@@ -94,12 +98,16 @@ pub enum JacobianTerm {
 }
 
 impl JacobianTerm {
-    /// Parse a spec `variant` (`derived` | `official`).
+    /// Parse a spec `variant`'s Jacobian term (`derived` | `official`).
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "derived" => Ok(JacobianTerm::Derived),
             "official" => Ok(JacobianTerm::Official),
-            _ => Err(Error::invalid("c-pigfm variant", s, "derived or official")),
+            _ => Err(Error::invalid(
+                "c-pigfm variant",
+                s,
+                "auto, derived, noiseless or official",
+            )),
         }
     }
 
@@ -110,6 +118,17 @@ impl JacobianTerm {
             JacobianTerm::Official => "official",
         }
     }
+}
+
+/// What C-ΠGFM does with a problem's measurement noise σ_y.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlowNoise {
+    /// With σ_y > 0 and the derived Jacobian term, run the exact noisy integrator
+    /// ([`super::c_pigfm_noisy`]); at σ_y = 0 the noiseless one.
+    #[default]
+    Exact,
+    /// Ignore σ_y (noiseless guidance on noisy y; the official code's behaviour).
+    Ignore,
 }
 
 /// C-ΠGFM settings.
@@ -125,6 +144,8 @@ pub struct CPigfmParams {
     pub start_time: f64,
     /// Discretization of the Jacobian term.
     pub jacobian_term: JacobianTerm,
+    /// Use of σ_y (the exact noisy form needs the derived Jacobian term).
+    pub noise: FlowNoise,
 }
 
 impl Default for CPigfmParams {
@@ -136,6 +157,7 @@ impl Default for CPigfmParams {
             lambda: 0.2,
             start_time: 0.6,
             jacobian_term: JacobianTerm::Derived,
+            noise: FlowNoise::Exact,
         }
     }
 }
@@ -204,7 +226,7 @@ pub(crate) fn reject_unused(sampler: &str, cfg: &SamplerConfig) -> Result<()> {
     Ok(())
 }
 
-/// Differences of the six cumulative coefficients over one step [t_i, t_{i+1}] (algorithms.md §9.3).
+/// Differences of the six cumulative coefficients over one step [t_i, t_{i+1}] (docs/samplers.md §9.3).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepCoefficients {
     /// ΔI₁ = ∫ e^{λu} du (multiplies v).
@@ -231,6 +253,8 @@ pub struct CPigfm {
     delta: f64,
     /// One entry per step i = 0..K−1.
     coefs: Vec<StepCoefficients>,
+    /// The exact noisy integrator on the same grid.
+    noisy: NoisyCPigfm,
 }
 
 impl CPigfm {
@@ -244,9 +268,13 @@ impl CPigfm {
             w: cfg.guidance.unwrap_or(d.w),
             lambda: cfg.lambda.unwrap_or(d.lambda),
             start_time: cfg.start_time.unwrap_or(d.start_time),
-            jacobian_term: match &cfg.variant {
-                None => d.jacobian_term,
+            jacobian_term: match cfg.variant.as_deref() {
+                None | Some("auto") | Some("noiseless") => d.jacobian_term,
                 Some(v) => JacobianTerm::parse(v)?,
+            },
+            noise: match cfg.variant.as_deref() {
+                Some("noiseless") | Some("official") => FlowNoise::Ignore,
+                _ => FlowNoise::Exact,
             },
         })
     }
@@ -275,10 +303,16 @@ impl CPigfm {
             .collect::<Result<Vec<_>>>()?;
         Ok(CPigfm {
             params,
+            noisy: NoisyCPigfm::new(w, lambda, grid.clone()),
             grid,
             delta,
             coefs,
         })
+    }
+
+    /// The exact noisy integrator ([`super::c_pigfm_noisy`]) on this sampler's grid.
+    pub fn noisy(&self) -> &NoisyCPigfm {
+        &self.noisy
     }
 
     /// The settings in use.
@@ -343,8 +377,19 @@ fn b_of(w: f64, t: f64) -> f64 {
     w * (t * t / 2.0 - t * t * t / 3.0)
 }
 
-/// Check the network and the batch before sampling: a flow model, a usable Jacobian mode, one x shape.
+/// [`check_flow_batch_shapes`], then a warning when σ_y > 0: the sampler's guidance is noiseless.
 pub(crate) fn check_flow_batch(sampler: &str, net: &Network, problems: &[Problem]) -> Result<()> {
+    check_flow_batch_shapes(sampler, net, problems)?;
+    if problems.iter().any(|p| p.sigma_y > 0.0) {
+        tracing::warn!(
+            "{sampler} uses the noiseless guidance of the official flow code; noise_sigma is not used"
+        );
+    }
+    Ok(())
+}
+
+/// Check the network and the batch before sampling: a flow model, a usable Jacobian mode, one x shape.
+fn check_flow_batch_shapes(sampler: &str, net: &Network, problems: &[Problem]) -> Result<()> {
     if net.kind != ModelKind::Flow {
         return Err(Error::Unsupported(format!(
             "sampler {sampler} needs a flow model, got a diffusion model"
@@ -360,11 +405,6 @@ pub(crate) fn check_flow_batch(sampler: &str, net: &Network, problems: &[Problem
                 p.x_shape()
             )));
         }
-    }
-    if problems.iter().any(|p| p.sigma_y > 0.0) {
-        tracing::warn!(
-            "{sampler} uses the noiseless guidance of the official flow code; noise_sigma is not used"
-        );
     }
     Ok(())
 }
@@ -385,6 +425,12 @@ impl Sampler for CPigfm {
     }
 
     fn sample(&self, net: &Network, problems: &mut [Problem]) -> Result<Vec<Img>> {
+        let exact_noisy = self.params.noise == FlowNoise::Exact
+            && self.params.jacobian_term == JacobianTerm::Derived;
+        if exact_noisy && problems.iter().any(|p| p.sigma_y > 0.0) {
+            check_flow_batch_shapes("c-pigfm", net, problems)?;
+            return self.noisy.sample(net, problems);
+        }
         check_flow_batch("c-pigfm", net, problems)?;
         if problems.is_empty() {
             return Ok(Vec::new());

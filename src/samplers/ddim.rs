@@ -1,5 +1,5 @@
 //! DDIM: denoising diffusion implicit models (Song, Meng & Ermon, *Denoising Diffusion Implicit Models*,
-//! ICLR 2021), unconditional (algorithms.md §8.5). It ignores y and the operator: an unconditional sanity
+//! ICLR 2021), unconditional (docs/samplers.md §8.5). It ignores y and the operator: an unconditional sanity
 //! baseline (what the model draws with no measurement).
 //!
 //! On the discrete DDPM schedule (§1.3) and the `ddpm_uniform` grid, starting from x = z, per pair (t → s)
@@ -27,7 +27,7 @@ pub const DEFAULT_STEPS: usize = 50;
 /// Default η (official `ddim.yaml`).
 pub const DEFAULT_ETA: f64 = 0.5;
 
-/// (c_noise, c_eps) of a DDIM step from ᾱ_t to ᾱ_s (algorithms.md §8).
+/// (c_noise, c_eps) of a DDIM step from ᾱ_t to ᾱ_s (docs/samplers.md §8).
 pub fn ddim_coefficients(a_t: f64, a_s: f64, eta: f64) -> (f64, f64) {
     let c_noise = eta
         * ((1.0 - a_t / a_s) * (1.0 - a_s) / (1.0 - a_t))

@@ -1,5 +1,5 @@
 //! DDNM — Zero-Shot Image Restoration Using Denoising Diffusion Null-Space Model (Wang, Yu & Zhang,
-//! ICLR 2023, arXiv 2212.00490), on the discrete DDPM schedule of algorithms.md §1.3.
+//! ICLR 2023, arXiv 2212.00490), on the discrete DDPM schedule of docs/samplers.md §1.3.
 //!
 //! **Range–null-space decomposition** (the paper's Algorithm 1). Any x splits as x = H†H x + (I − H†H) x
 //! = P x + (I − P) x. A consistent solution (H x = y) must have P x = H†y; the null-space part
@@ -15,7 +15,7 @@
 //! * x_s = √ᾱ_s x̂₀|t + √(1 − ᾱ_s) (η z + √(1 − η²) ε̂),  z ~ N(0, I),
 //!
 //! i.e. a member of the DDIM family whose fresh-noise std is η √(1 − ᾱ_s). (This η is *not* the DDIM
-//! paper's η of algorithms.md §8, which scales √((1 − ᾱ_t/ᾱ_s)(1 − ᾱ_s)/(1 − ᾱ_t)); the default 0.85
+//! paper's η of docs/samplers.md §8, which scales √((1 − ᾱ_t/ᾱ_s)(1 − ᾱ_s)/(1 − ᾱ_t)); the default 0.85
 //! is the DDNM paper's value in its own convention.) The last step (s = −1) outputs x̂₀|t.
 //!
 //! **DDNM⁺ for noisy y = H x + σ_y n** (the paper's §3.3). H†y then carries noise H†n with std σ_y/s_k

@@ -1,5 +1,5 @@
 //! DDRM — Denoising Diffusion Restoration Models (Kawar, Elad, Ermon & Song, NeurIPS 2022, arXiv
-//! 2201.11793), as specified in algorithms.md §8.2, on the discrete DDPM schedule of §1.3.
+//! 2201.11793), as specified in docs/samplers.md §8.2, on the discrete DDPM schedule of §1.3.
 //!
 //! DDRM works in the spectral coordinates of H = U diag(s) Vᵀ, on the variance-exploding state
 //! x/√ᾱ, whose noise level at step i is σ_i = √(1 − ᾱ_i)/√ᾱ_i. Write c = Vᵀ(x/√ᾱ), ȳ = Uᵀy (in the
@@ -30,7 +30,7 @@
 //!
 //! Choices, where this differs from the official code:
 //! * σ_y' is the problem's σ_y, the measurement-noise std **on the model's value scale, with no
-//!   doubling**: the official diffusion scripts add 2σ_y noise to y and pass 2σ_y to DDRM (algorithms.md
+//!   doubling**: the official diffusion scripts add 2σ_y noise to y and pass 2σ_y to DDRM (docs/samplers.md
 //!   §2.9); here whoever builds the [`Problem`] states the std of the noise actually in y.
 //! * Coordinates with s_k = 0 are always "not measured". The official code also routes thresholded
 //!   zero singular values (among its first M' coordinates) through the "y noisier" case when σ_y > 0,
@@ -49,9 +49,9 @@ use crate::schedules::DdpmDiscrete;
 
 /// Default number of steps (the paper's and the official batch script's 20).
 pub const DEFAULT_STEPS: usize = 20;
-/// Default η (noise of the unmeasured coordinates), algorithms.md §12.
+/// Default η (noise of the unmeasured coordinates), docs/samplers.md §12.
 pub const DEFAULT_ETA: f64 = 0.85;
-/// Default η_b (weight of y on the measured coordinates), algorithms.md §12.
+/// Default η_b (weight of y on the measured coordinates), docs/samplers.md §12.
 pub const DEFAULT_ETA_B: f64 = 1.0;
 
 /// The DDRM sampler. Reads `steps`, `eta` and `eta_b` of the config; other settings do not apply.

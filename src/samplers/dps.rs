@@ -1,5 +1,5 @@
 //! DPS — Diffusion Posterior Sampling (Chung, Kim, Mccann, Klasky & Ye, ICLR 2023, arXiv 2209.14687),
-//! as specified in algorithms.md §8.3, on the discrete DDPM schedule of §1.3.
+//! as specified in docs/samplers.md §8.3, on the discrete DDPM schedule of §1.3.
 //!
 //! **Init** at T = ts\[last\]: x_T = √ᾱ_T H†y + √(1 − ᾱ_T) z.
 //!
@@ -26,7 +26,7 @@
 //!
 //! **Defaults**: η = 0 (the repository's config: a deterministic DDIM part, unlike the DPS paper's
 //! ancestral sampler), ζ (`guidance`) = 1.0 and **1000 steps** — the setting of the paper's baseline
-//! runs (algorithms.md §12) and of the DPS paper itself; DPS's gradient steps need many small steps, and
+//! runs (docs/samplers.md §12) and of the DPS paper itself; DPS's gradient steps need many small steps, and
 //! its results at 20–100 steps are far from its published quality.
 
 use super::{check_range, ModelSchedule, Problem, Sampler, SamplerConfig};

@@ -25,7 +25,9 @@ use crate::operators::{Img, OperatorRef};
 use crate::schedules::{DdpmDiscrete, VpContinuous};
 
 pub mod c_pigdm;
+pub mod c_pigdm_noisy;
 pub mod c_pigfm;
+pub mod c_pigfm_noisy;
 pub mod ddim;
 pub mod ddnm;
 pub mod ddrm;
@@ -34,6 +36,7 @@ pub mod pigdm;
 pub mod pigfm;
 pub mod pinv;
 pub mod quad;
+pub mod spectral;
 
 /// A restoration sampler.
 pub trait Sampler: Send + Sync {
@@ -198,8 +201,9 @@ pub struct SamplerConfig {
     pub eta_b: Option<f64>,
     /// ε_n added to σ in Φ integrands (default 1e-6, as the official scripts).
     pub num_eps: Option<f64>,
-    /// Sampler variant: `pigdm` → `continuous` | `discrete`; `c-pigdm` → `auto` | `noiseless` | `noisy`;
-    /// `c-pigfm` → `derived` | `official` (Jacobian term, algorithms.md §9.4).
+    /// Sampler variant: `pigdm` → `continuous` | `discrete`; `c-pigdm` → `auto` | `noiseless` | `noisy` |
+    /// `official`;
+    /// `c-pigfm` → `derived` (= `auto`) | `noiseless` | `official` (Jacobian term, docs/samplers.md §9.4).
     pub variant: Option<String>,
     pub jacobian: JacobianMode,
 }

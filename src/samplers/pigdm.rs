@@ -1,5 +1,5 @@
 //! ΠGDM: pseudoinverse-guided diffusion (Song, Vahdat, Mardani & Kautz, *Pseudoinverse-Guided Diffusion
-//! Models for Inverse Problems*, ICLR 2023), in the two forms the C-ΠGDM code base ships (algorithms.md §6,
+//! Models for Inverse Problems*, ICLR 2023), in the two forms the C-ΠGDM code base ships (docs/samplers.md §6,
 //! §8.1). Both use ΠGDM's likelihood p(y | x_t) ≈ N(H x̂₀, r_t² HHᵀ) with r_t² = σ_t² (§1.6), whose guidance
 //! is (1/r_t²) J_{x̂₀}ᵀ (H†y − P x̂₀), and both take one VJP of **x̂₀** per step:
 //! g = J_{x̂₀}ᵀ m = (m − σ J_εᵀ m)/μ, with m = H†y − P x̂₀ held constant.
@@ -38,7 +38,7 @@ use crate::model::Network;
 use crate::operators::Img;
 use crate::schedules::{DdpmDiscrete, VpContinuous};
 
-/// Continuous form defaults (the official baseline script `baseline_cont_pgdm.sh`, algorithms.md §12).
+/// Continuous form defaults (the official baseline script `baseline_cont_pgdm.sh`, docs/samplers.md §12).
 pub const DEFAULT_CONTINUOUS_STEPS: usize = 20;
 /// Continuous-form w (baseline script; the config file's fallback is 1.0).
 pub const DEFAULT_CONTINUOUS_GUIDANCE: f64 = 6.0;

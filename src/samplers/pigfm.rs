@@ -4,9 +4,9 @@
 //! Problems* (ICLR 2023) for the guidance; A. Pokle, M. Muckley, R. Chen, B. Karrer, *Training-free
 //! Linear Image Inverses via Flows* (TMLR 2024) for its flow form; as implemented by Pandey, Yang & Mandt
 //! (NeurIPS 2024, arXiv 2405.17673), official code `mandt-lab/c-pigdm`, `flow/sampler.py` class `PGDM`,
-//! wired in `flow/pgdm_rf.py`. Equations: algorithms.md §1.5, §1.6, §10.
+//! wired in `flow/pgdm_rf.py`. Equations: docs/samplers.md §1.5, §1.6, §10.
 //!
-//! # The ODE (algorithms.md §10)
+//! # The ODE (docs/samplers.md §10)
 //!
 //! ΠGDM approximates p(x₁ | x_t) by N(x̂₁, r_t² I) with r_t² = (1 − t)²/(t² + (1 − t)²), the exact
 //! variance for unit-variance data. Since ∂v/∂x̂₁ = 1/(1 − t), the conditional velocity is
@@ -32,7 +32,7 @@
 //! The weight diverges like 1/(1 − t) as t → 1. Its explicit-Euler product with Δ stays bounded on the
 //! grid (at t_{K−1} = 1 − Δ it is about w), so the last step moves P x most of the way to H†y.
 //!
-//! **The weight is not comparable with C-ΠGFM's w** (algorithms.md §1.6): C-ΠGFM uses γ(t) = t(1 − t),
+//! **The weight is not comparable with C-ΠGFM's w** (docs/samplers.md §1.6): C-ΠGFM uses γ(t) = t(1 − t),
 //! ΠGFM (t² + (1 − t)²)/(t(1 − t)).
 //!
 //! # Defaults

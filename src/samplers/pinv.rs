@@ -1,5 +1,5 @@
 //! The pseudo-inverse baseline: x̂ = H† y, the minimum-norm least-squares solution of y = H x
-//! (the starting point of C-ΠGDM, ΠGDM and DPS; algorithms.md §2.1, §11).
+//! (the starting point of C-ΠGDM, ΠGDM and DPS; docs/operators.md §2.1, docs/samplers.md §11).
 //!
 //! H† is the operator's true Moore–Penrose pseudo-inverse of the (thresholded) operator,
 //! V(s⁺ ⊙ Uᵀy) with s⁺ = 1/s where s ≠ 0 and 0 elsewhere — not the official code's "pass-through" of

@@ -1,4 +1,4 @@
-//! Adaptive quadrature in f64 for the Φ coefficients (algorithms.md §3, §4.3): each interval is integrated
+//! Adaptive quadrature in f64 for the Φ coefficients (docs/samplers.md §3, §4.3): each interval is integrated
 //! directly (never from 0, where Φ_s¹'s integrand behaves like u^{-1/2}) with the double-exponential
 //! (tanh-sinh) rule of the `quadrature` crate, which converges to ~1e-14 on these smooth integrands.
 
@@ -29,7 +29,7 @@ mod tests {
 
     #[test]
     fn phi_s1_interval_matches_closed_form() {
-        // λ = 0, ε_n = 0: Φ_s¹(t) = σ_t/μ_t (algorithms.md §4.5).
+        // λ = 0, ε_n = 0: Φ_s¹(t) = σ_t/μ_t (docs/samplers.md §4.5).
         let vp = crate::schedules::VpContinuous::default();
         let f = |u: f64| 0.5 * vp.beta(u) * (0.5 * vp.b(u)).exp() / vp.sigma(u);
         for (a, b) in [(0.001, 0.0808), (0.0808, 0.1606), (1e-6, 0.001)] {

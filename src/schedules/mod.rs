@@ -1,8 +1,8 @@
-//! Noise schedules (algorithms.md §1.2, §1.3, §1.5) and the map from sampler time to the network's time input.
+//! Noise schedules (docs/samplers.md §1.2, §1.3, §1.5) and the map from sampler time to the network's time input.
 
 use crate::error::{Error, Result};
 
-/// Continuous VP-SDE: β(t) = β_min + t(β_max − β_min) on t ∈ [0, 1] (algorithms.md §1.2).
+/// Continuous VP-SDE: β(t) = β_min + t(β_max − β_min) on t ∈ [0, 1] (docs/samplers.md §1.2).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VpContinuous {
     pub beta_min: f64,
@@ -37,7 +37,7 @@ impl VpContinuous {
     }
 }
 
-/// Discrete DDPM schedule: `alpha(i)` = ᾱ after step i, i = 0..N−1, with alpha(−1) = 1 (algorithms.md §1.3).
+/// Discrete DDPM schedule: `alpha(i)` = ᾱ after step i, i = 0..N−1, with alpha(−1) = 1 (docs/samplers.md §1.3).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DdpmDiscrete {
     /// ᾱ[i] for i = 0..N−1 (the doc's alpha(i) = ᾱ[i + 1] of the padded cumprod).
@@ -138,7 +138,7 @@ impl DdpmDiscrete {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum TimeInput {
     /// Diffusion: the DDPM step index 0..N−1 as a float. Continuous samplers call floor((N−1)·t), with
-    /// truncation, not rounding (algorithms.md §1.2). Flows: (N−1)·t as a real number (NCSN++'s 999 t).
+    /// truncation, not rounding (docs/samplers.md §1.2). Flows: (N−1)·t as a real number (NCSN++'s 999 t).
     Index { timesteps: usize },
     /// The continuous time itself: diffusion t ∈ [0, 1], flow t ∈ [0, 1] (0 = noise).
     Unit,

@@ -967,8 +967,8 @@ impl PipelineSpec {
             Some(n) => {
                 let allowed: &[&str] = match name {
                     SamplerName::Pigdm => &["continuous", "discrete"],
-                    SamplerName::CPigdm => &["auto", "noiseless", "noisy"],
-                    SamplerName::CPigfm => &["derived", "official"],
+                    SamplerName::CPigdm => &["auto", "noiseless", "noisy", "official"],
+                    SamplerName::CPigfm => &["derived", "auto", "noiseless", "official"],
                     _ => &[],
                 };
                 if allowed.is_empty() {

@@ -150,6 +150,9 @@ pub struct StudySpec {
     pub flow_model: Option<PathBuf>,
     pub test: DataSource,
     pub tune: Option<DataSource>,
+    /// Quantize every measurement y to this many bits over the model's value range (`data.quantize`, 8 or
+    /// 16), as an image file stores it; `None` keeps y in f64.
+    pub quantize: Option<u32>,
     pub seed: u64,
     runtime: Option<Node>,
     pub tasks: Vec<StudyTask>,
@@ -269,9 +272,17 @@ impl StudySpec {
             .map(|n| ctx.path(n, "models.flow"))
             .transpose()?;
         let data = Section::of(&ctx, top.require(&ctx, "data", "the study")?, "data")?;
-        unknown_keys(&ctx, &data, &["test", "tune"], "data")?;
+        unknown_keys(&ctx, &data, &["test", "tune", "quantize"], "data")?;
         let test = Self::data(&ctx, data.require(&ctx, "test", "data")?)?;
         let tune = data.get("tune").map(|n| Self::data(&ctx, n)).transpose()?;
+        let quantize = data
+            .get("quantize")
+            .map(|n| match ctx.int(n, "quantize", 0, 64)? {
+                8 => Ok(8),
+                16 => Ok(16),
+                _ => Err(ctx.invalid("quantize", n, "8 or 16 (bits)")),
+            })
+            .transpose()?;
         let seed = match top.get("seed") {
             Some(n) => ctx.int(n, "seed", 0, u64::MAX as i128)? as u64,
             None => 0,
@@ -299,6 +310,7 @@ impl StudySpec {
             flow_model,
             test,
             tune,
+            quantize,
             seed,
             runtime: top.get("runtime").cloned(),
             tasks,

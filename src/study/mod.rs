@@ -7,12 +7,15 @@
 //! operators from the task's [`crate::operators::Degradation`], the network is the model directory's
 //! engine behind a [`TiledDenoiser`]. Measurements are made as `conjure degrade` makes them: y = H x + σ_y n
 //! with the mask and the noise drawn from the image's seed ([`image_seed`] of the study seed and
-//! `<split>/<image name>`); they are not quantized to 8 bits. Metrics are those of `conjure eval` on the
+//! `<split>/<image name>`); with `data.quantize: 8` (or 16) they are then clipped to the model's value range
+//! and rounded to 8-bit (16-bit) levels as an image file would store them, else kept in f64. Metrics are those of `conjure eval` on the
 //! restoration clipped to the model's value range and mapped to [0, 1]: PSNR and SSIM (data range 1)
 //! against the clean image, and the consistency ‖H x̂ − y‖ / ‖y‖.
 //!
 //! **Tuning.** A run with a `tune` grid restores the tuning images (e.g. the *training* split) at the grid's
-//! NFE for every grid point and keeps the point with the highest mean PSNR (the first on ties); the test
+//! NFE for every grid point and keeps the point with the highest mean PSNR (the first on ties) among the
+//! points whose every raw restoration stays within [`MAX_OVERSHOOT`] of the value range (all points when
+//! none does; `tuning.csv` lists each point's standard error and worst overshoot); the test
 //! sweep then uses it at every NFE and Jacobian mode. A run without `tune` takes the values tuned for a
 //! run of the same label on the same task, if there is one, else the spec's values. Tuning never sees a
 //! test image.
@@ -92,6 +95,10 @@ pub struct ConfigResult {
     pub psnr: Vec<Option<f64>>,
     pub ssim: Vec<f64>,
     pub consistency: Vec<f64>,
+    /// Per image: how far the raw (unclipped) restoration leaves the model's value range, max over pixels
+    /// of max(x − hi, lo − x, 0) (0 for records written before it was measured).
+    #[serde(default)]
+    pub overshoot: Vec<f64>,
     /// Wall seconds of the restoration, whole set.
     pub seconds: f64,
     /// Why the configuration produced no images (e.g. the sampler diverged).
@@ -123,6 +130,39 @@ impl ConfigResult {
         }
         mean_se(&self.psnrs()).0
     }
+    /// The largest overshoot over the images (0 when none was measured).
+    pub fn worst_overshoot(&self) -> f64 {
+        self.overshoot.iter().copied().fold(0.0, f64::max)
+    }
+    /// Whether every image stayed within [`MAX_OVERSHOOT`] of the value range.
+    pub fn in_range(&self) -> bool {
+        self.error.is_none() && self.worst_overshoot() <= MAX_OVERSHOOT
+    }
+}
+
+/// Tuning prefers grid points whose every raw restoration stays within this distance of the model's value
+/// range (±1.2 on [-1, 1]); only when no point does, the best mean PSNR of all wins.
+pub const MAX_OVERSHOOT: f64 = 0.2;
+
+/// The grid point tuning chooses: the best mean PSNR among the points whose worst image stays in range
+/// ([`ConfigResult::in_range`]), else the best mean PSNR overall. Returns its index.
+pub fn choose(points: &[ConfigResult]) -> Option<usize> {
+    let best = |ok: &dyn Fn(&ConfigResult) -> bool| {
+        points
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| ok(r))
+            .fold(None, |b: Option<(usize, f64)>, (i, r)| {
+                let m = r.mean_psnr();
+                if b.is_none_or(|(_, bm)| m > bm) {
+                    Some((i, m))
+                } else {
+                    b
+                }
+            })
+            .map(|(i, _)| i)
+    };
+    best(&|r| r.in_range()).or_else(|| best(&|_| true))
 }
 
 /// Everything a study produced.
@@ -239,20 +279,37 @@ pub struct Measured {
     pub seed: u64,
 }
 
-/// y = H x + σ_y n for one clean image, with the mask and noise of the image's seed.
-pub fn measure(spec: &PipelineSpec, split: &str, s: &Sample) -> Result<Measured> {
+/// y = H x + σ_y n for one clean image, with the mask and noise of the image's seed, then quantized to
+/// `quantize` = (bits, value range) when given ([`quantize`]).
+pub fn measure(
+    spec: &PipelineSpec,
+    split: &str,
+    s: &Sample,
+    quantize: Option<(u32, [f64; 2])>,
+) -> Result<Measured> {
     let (c, h, w) = s.x.dim();
     let seed = image_seed(spec.seed, &Path::new(split).join(&s.name));
     let mask = task_mask(spec, Path::new(&s.name), seed, h, w)?;
     let op = spec.degradation(mask)?.build([c, h, w])?;
     let mut y = op.forward(&s.x);
     add_measurement_noise(&mut y, spec.task.noise_sigma, seed);
+    if let Some((bits, range)) = quantize {
+        y = self::quantize(&y, bits, range);
+    }
     Ok(Measured {
         name: s.name.clone(),
         op,
         y,
         seed,
     })
+}
+
+/// `y` as a `bits`-bit image file over `range` stores it: clipped to the range and rounded to one of
+/// 2^bits evenly spaced levels.
+pub fn quantize(y: &Img, bits: u32, range: [f64; 2]) -> Img {
+    let levels = ((1u64 << bits) - 1) as f64;
+    let (lo, span) = (range[0], range[1] - range[0]);
+    y.mapv(|v| lo + (((v - lo) / span).clamp(0.0, 1.0) * levels).round() / levels * span)
 }
 
 /// A loaded model: what the pipeline knows of it and its tiled network.
@@ -389,6 +446,9 @@ impl Runner<'_> {
             let mut h = Sha256::new();
             h.update(spec.hash().as_bytes());
             h.update(phase.as_bytes());
+            if let Some(bits) = self.study.quantize {
+                h.update(format!("quantize {bits}").as_bytes());
+            }
             for n in &names {
                 h.update(n.as_bytes());
                 h.update([0]);
@@ -438,7 +498,7 @@ impl Runner<'_> {
         let split = if phase == "tune" { "tune" } else { "test" };
         let set = clean
             .iter()
-            .map(|s| measure(&spec, split, s))
+            .map(|s| measure(&spec, split, s, self.study.quantize.map(|b| (b, range))))
             .collect::<Result<Vec<_>>>()?;
         let t0 = Instant::now();
         let restored = restore(self.model(&spec)?, &spec, &set);
@@ -459,12 +519,18 @@ impl Runner<'_> {
             psnr: Vec::new(),
             ssim: Vec::new(),
             consistency: Vec::new(),
+            overshoot: Vec::new(),
             seconds,
             error: None,
         };
         match restored {
             Ok(xs) => {
                 for ((s, m), x) in clean.iter().zip(&set).zip(xs) {
+                    r.overshoot.push(
+                        x.iter()
+                            .map(|&v| (v - range[1]).max(range[0] - v).max(0.0))
+                            .fold(0.0, f64::max),
+                    );
                     let x = x.mapv(|v| v.clamp(range[0], range[1]));
                     let a = imageio::from_model(&s.x, range);
                     let b = imageio::from_model(&x, range);
@@ -586,27 +652,25 @@ pub fn run_study(study: &StudySpec, opts: &StudyOptions) -> Result<StudyReport> 
                     format!("a tuning image set (run {} has a tune grid)", run.label),
                 ));
             }
-            let mut best: Option<(f64, Vec<(String, Node)>)> = None;
-            for point in tune_spec.points() {
+            let points = tune_spec.points();
+            let mut results = Vec::with_capacity(points.len());
+            for point in &points {
                 let r = runner.config(
                     "tune",
                     task,
                     run,
-                    &point,
+                    point,
                     tune_spec.nfe,
                     run.jacobian[0],
                     &tune,
                     false,
                 )?;
-                let m = r.mean_psnr();
-                if best.as_ref().is_none_or(|(b, _)| m > *b) {
-                    best = Some((m, point.clone()));
-                }
-                report.tuning.push(r);
+                results.push(r);
             }
-            if let Some((_, p)) = best {
-                chosen_nodes.insert(k, p);
+            if let Some(i) = choose(&results) {
+                chosen_nodes.insert(k, points[i].clone());
             }
+            report.tuning.extend(results);
         }
     }
     for task in &tasks {
@@ -694,22 +758,25 @@ fn write_reports(
     files.push(write_file(&opts.out.join("results.csv"), csv.as_bytes())?);
     // tuning.csv
     let mut tcsv =
-        String::from("task,run,sampler,nfe,images,settings,psnr_mean,ssim_mean,chosen,error\n");
+        String::from("task,run,sampler,nfe,images,settings,psnr_mean,psnr_se,ssim_mean,worst_overshoot,chosen,error\n");
     for r in &report.tuning {
         let chosen = report
             .chosen
             .get(&(r.task.clone(), r.run.clone()))
             .is_some_and(|c| *c == r.settings);
+        let (p, pse) = mean_se(&r.psnrs());
         tcsv += &format!(
-            "{},{},{},{},{},{},{:.4},{:.5},{},{}\n",
+            "{},{},{},{},{},{},{:.4},{:.4},{:.5},{:.4},{},{}\n",
             csv_field(&r.task),
             csv_field(&r.run),
             r.sampler,
             r.nfe,
             r.images.len(),
             csv_field(&settings_text(&r.settings)),
-            mean_se(&r.psnrs()).0,
+            p,
+            pse,
             mean_se(&r.ssim).0,
+            r.worst_overshoot(),
             chosen,
             csv_field(r.error.as_deref().unwrap_or(""))
         );

@@ -213,7 +213,7 @@ pub fn grid(
         .unwrap_or(range);
     for (n, s) in test.iter().take(rows).enumerate() {
         let y0 = top + n * row_h;
-        let m = measure(&spec, "test", s)?;
+        let m = measure(&spec, "test", s, study.quantize.map(|b| (b, range)))?;
         let images = [
             imageio::from_model(&s.x, range),
             imageio::from_model(&m.y, range),

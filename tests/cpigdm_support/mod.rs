@@ -165,7 +165,7 @@ fn one(x: &Img) -> Array4<f64> {
 
 /// The guided ΠGDM ODE in diffusion time, with the network evaluated at the exact t (time input `unit`):
 ///   dx/dt = −½β(t) [ x − ε/σ + weight(t) J_{x̂₀}ᵀ m ],  m = H†y − P x̂₀,  J_{x̂₀}ᵀ m = (m − σ J_εᵀ m)/μ.
-/// weight(t) = w μ_t² is C-ΠGDM's ODE (algorithms.md §4.1), weight(t) = w is continuous ΠGDM's (§6).
+/// weight(t) = w μ_t² is C-ΠGDM's ODE (docs/samplers.md §4.1), weight(t) = w is continuous ΠGDM's (§6).
 pub fn guided_rhs(
     den: &dyn Denoiser,
     op: &dyn LinearOperator,

@@ -45,37 +45,50 @@ def exported(request, tmp_path_factory):
 
 def test_files_and_card(exported):
     name, prep, out, _ = exported
-    assert sorted(p.name for p in out.iterdir()) == ["forward.onnx", "model.yaml", "vjp.onnx", "weights.bin"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "backward.onnx", "forward.onnx", "forward_residuals.onnx", "model.yaml", "vjp.onnx", "weights.bin"]
     card = yaml.safe_load((out / "model.yaml").read_text())
     assert list(card) == CARD_KEYS
     assert card["name"] == f"{name}-reduced"
-    assert card["graphs"] == {"forward": "forward.onnx", "vjp": "vjp.onnx"}
+    assert card["graphs"] == {"forward": "forward.onnx", "vjp": "vjp.onnx",
+                              "forward_residuals": "forward_residuals.onnx", "backward": "backward.onnx"}
     c, h, w = prep.image_shape
-    assert card["image"] == {"channels": 3, "height": 32, "width": 32, "value_range": [-1, 1]}
-    assert (c, h, w) == (3, 32, 32)
+    channels = 1 if name == "fmnist-unet" else 3
+    assert card["image"] == {"channels": channels, "height": 32, "width": 32, "value_range": [-1, 1]}
+    assert (c, h, w) == (channels, 32, 32)
     expected = {
         "adm": ("diffusion", "eps", {"type": "ddpm-linear", "beta_start": 0.0001, "beta_end": 0.02,
                                      "timesteps": 1000}, "index"),
         "diffusers-unet2d": ("diffusion", "eps", {"type": "ddpm-linear", "beta_start": 0.0001, "beta_end": 0.02,
                                                   "timesteps": 1000}, "index"),
         "ncsnpp-rf": ("flow", "velocity", {"type": "rectified-flow"}, "index"),
+        "fmnist-unet": ("diffusion", "eps", {"type": "ddpm-linear", "beta_start": 0.0001, "beta_end": 0.02,
+                                             "timesteps": 1000}, "index"),
     }[name]
     assert (card["kind"], card["parameterization"], card["schedule"], card["time_input"]) == expected
 
 
 def test_graph_io_opset_and_dynamic_batch(exported):
-    _, _, out, _ = exported
+    _, prep, out, _ = exported
+    res = [o.name for o in onnx.load(str(out / "forward_residuals.onnx"), load_external_data=False).graph.output][1:]
+    assert res and res == [f"r{i}" for i in range(len(res))]
     for fname, ins, outs in (("forward.onnx", ["x", "t"], ["out"]),
-                             ("vjp.onnx", ["x", "t", "cotangent"], ["out", "vjp"])):
+                             ("vjp.onnx", ["x", "t", "cotangent"], ["out", "vjp"]),
+                             ("forward_residuals.onnx", ["x", "t"], ["out", *res]),
+                             ("backward.onnx", [*res, "cotangent"], ["vjp"])):
         m = onnx.load(str(out / fname), load_external_data=False)
         assert [o.version for o in m.opset_import if o.domain in ("", "ai.onnx")] == [20]
         assert [i.name for i in m.graph.input] == ins
         assert [o.name for o in m.graph.output] == outs
         for v in list(m.graph.input) + list(m.graph.output):
             dims = v.type.tensor_type.shape.dim
-            assert dims[0].dim_param == "batch" and not dims[0].HasField("dim_value"), (fname, v.name)
+            # residuals: the first dimension is dynamic (the batch or a multiple of it)
+            assert not dims[0].HasField("dim_value"), (fname, v.name)
+            if v.name in res:
+                continue
+            assert dims[0].dim_param == "batch", (fname, v.name)
             assert v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-            assert [d.dim_value for d in dims[1:]] == ([] if v.name == "t" else [3, 32, 32])
+            assert [d.dim_value for d in dims[1:]] == ([] if v.name == "t" else list(prep.image_shape))
 
 
 def _external(m):
@@ -89,17 +102,20 @@ def _external(m):
     return res
 
 
-def test_both_graphs_share_one_weights_file(exported):
+def test_all_graphs_share_one_weights_file(exported):
     _, prep, out, _ = exported
-    fwd = _external(onnx.load(str(out / "forward.onnx"), load_external_data=False))
-    vjp = _external(onnx.load(str(out / "vjp.onnx"), load_external_data=False))
-    assert fwd and vjp
-    assert {loc for loc, _, _ in fwd.values()} == {"weights.bin"}
-    assert {loc for loc, _, _ in vjp.values()} == {"weights.bin"}
-    # The forward graph's weights are all read by the VJP graph from the same bytes of the same file.
-    fwd_spans = {(o, n) for _, o, n in fwd.values()}
-    vjp_spans = {(o, n) for _, o, n in vjp.values()}
+    fwd, vjp, fres, bwd = (_external(onnx.load(str(out / f), load_external_data=False))
+                           for f in ("forward.onnx", "vjp.onnx", "forward_residuals.onnx", "backward.onnx"))
+    assert fwd and vjp and fres and bwd
+    for ext in (fwd, vjp, fres, bwd):
+        assert {loc for loc, _, _ in ext.values()} == {"weights.bin"}
+    # The forward graph's weights are all read by the VJP graph from the same bytes of the same file, and
+    # the split pair reads no weight of its own either.
+    spans = lambda ext: {(o, n) for _, o, n in ext.values()}  # noqa: E731
+    fwd_spans = spans(fwd)
+    vjp_spans = spans(vjp)
     assert fwd_spans <= vjp_spans
+    assert spans(fres) | spans(bwd) <= vjp_spans | fwd_spans
     size = (out / "weights.bin").stat().st_size
     assert all(o + n <= size for o, n in vjp_spans)
     # Stored once: the file is not (much) larger than the parameters, not twice their size.
@@ -110,9 +126,48 @@ def test_both_graphs_share_one_weights_file(exported):
 def test_self_check_onnxruntime_matches_torch(exported):
     _, prep, out, _ = exported
     res = ex.self_check(prep, out, batches=(1, 2), log=lambda *_: None)
-    assert sorted(res) == sorted(f"{k}@b{b}" for k in ("forward.out", "vjp.out", "vjp.vjp") for b in (1, 2))
+    keys = ("forward.out", "vjp.out", "vjp.vjp", "split.out", "split.vjp")
+    assert sorted(res) == sorted(f"{k}@b{b}" for k in keys for b in (1, 2))
     for key, (abs_err, rel) in res.items():
         assert rel <= 1e-4, (key, abs_err, rel)
+
+
+def test_split_vjp_recomputes_nothing_and_matches_the_joint_trace():
+    """The backward of the split reads the forward's values only as residuals: each of its tensor ops
+    depends on the cotangent or on constants alone (no forward op is re-run). Both halves together give
+    the joint trace's (out, vjp) exactly, at a batch size other than the traced one."""
+    torch.manual_seed(0)
+    prep = PRESETS["fmnist-unet"].build(config=None, checkpoint=None, reduced=True)
+    net = prep.module.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn((2, 1, 32, 32), generator=g), torch.randn((2, 1, 32, 32), generator=g)
+    t = prep.sample_t(2, g)
+    joint = ex.trace_vjp(net, x, t, v)
+    fwd, bwd, names = ex.split_vjp(joint)
+    assert names == [f"r{i}" for i in range(len(names))] and names
+    phs = [n for n in bwd.graph.nodes if n.op == "placeholder"]
+    assert [n.target for n in phs] == [*names, "cotangent"]
+    dep_cot = set()
+    dep_res = set()
+    for n in bwd.graph.nodes:
+        if n.op == "placeholder":
+            (dep_cot if n.target == "cotangent" else dep_res).add(n)
+            continue
+        if any(a in dep_cot for a in n.all_input_nodes):
+            dep_cot.add(n)
+        elif any(a in dep_res for a in n.all_input_nodes):
+            dep_res.add(n)
+            raise AssertionError(f"the backward recomputes {n.format_node()} from residuals alone")
+    # every residual is read by the backward, and the forward computes each once
+    assert all(n.users for n in phs)
+    for b in (2, 3):
+        x, t, v = torch.randn((b, 1, 32, 32)), prep.sample_t(b, g), torch.randn((b, 1, 32, 32))
+        out, *res = fwd(x, t)
+        (vjp,) = bwd(*res, v)
+        ref_out, ref_vjp = joint(x, t, v)
+        assert torch.equal(out, ref_out) and torch.allclose(vjp, ref_vjp, atol=1e-6, rtol=0)
 
 
 def test_onnx_batch_rows_are_independent(exported):
@@ -122,9 +177,10 @@ def test_onnx_batch_rows_are_independent(exported):
     _, prep, out, _ = exported
     sess = ort.InferenceSession(str(out / "vjp.onnx"), providers=["CPUExecutionProvider"])
     g = torch.Generator().manual_seed(5)
-    x = torch.randn((3, 3, 32, 32), generator=g).numpy()
+    shape = (3, *prep.image_shape)
+    x = torch.randn(shape, generator=g).numpy()
     t = prep.sample_t(3, g).numpy()
-    v = torch.randn((3, 3, 32, 32), generator=g).numpy()
+    v = torch.randn(shape, generator=g).numpy()
     full_out, full_vjp = sess.run(None, {"x": x, "t": t, "cotangent": v})
     for i in range(3):
         o, j = sess.run(None, {"x": x[i:i + 1], "t": t[i:i + 1], "cotangent": v[i:i + 1]})
@@ -169,6 +225,7 @@ _W = {
     "conv_groups_dil": torch.randn((6, 2, 3, 3), generator=_g),
     "convt_s2": torch.randn((4, 5, 4, 4), generator=_g),
     "conv1d": torch.randn((5, 4, 1), generator=_g),
+    "conv_s1": torch.randn((6, 4, 3, 5), generator=_g),
 }
 CASES = {
     # stride 2 on an odd size: the adjoint needs an output padding to restore the input size
@@ -177,6 +234,9 @@ CASES = {
                                                          groups=2)),
     "conv_transpose_s2": ((2, 4, 5, 5), lambda x: F.conv_transpose2d(x, _W["convt_s2"], stride=2, padding=1)),
     "conv1d": ((2, 4, 7), lambda x: F.conv1d(x, _W["conv1d"])),
+    # stride 1: the adjoint is a plain convolution with the flipped, channel-swapped kernel
+    "conv_s1_rect": ((2, 4, 7, 6), lambda x: F.conv2d(x, _W["conv_s1"], padding=(1, 2))),
+    "conv_s1_valid": ((2, 4, 7, 8), lambda x: F.conv2d(x, _W["conv_s1"], padding=(0, 1))),
     "upsample_nearest": ((2, 3, 4, 5), lambda x: F.interpolate(x, scale_factor=2, mode="nearest") ** 2),
     "avg_pool": ((2, 3, 8, 6), lambda x: F.avg_pool2d(x, 2, stride=2) ** 2),
     "fir_resampling": ((2, 3, 8, 8), lambda x: ncsnpp.downsample_2d(
@@ -199,6 +259,9 @@ def test_backward_decompositions_match_autograd(case):
     targets = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
     for op in ("convolution_backward", "upsample_nearest2d_backward", "avg_pool2d_backward"):
         assert not any(op in s for s in targets), f"{op} left in the traced graph"
+    if case.startswith("conv_s1"):
+        transposed = [n.args[6] for n in gm.graph.nodes if n.target == torch.ops.aten.convolution.default]
+        assert transposed == [False, False], transposed  # the forward and its adjoint: no ConvTranspose
     xg = x.clone().requires_grad_(True)
     out = net(xg, t)
     (ref,) = torch.autograd.grad(out, xg, v)

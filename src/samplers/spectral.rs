@@ -1,0 +1,102 @@
+//! Per-singular-value coefficient tables shared by the noisy conjugate integrators.
+//!
+//! With measurement noise the guided ODE's linear part is no longer a function of the projector P alone:
+//! it is V diag(f(ρ_k)) Vᵀ with ρ_k = σ_y²/s_k² for each spectral coordinate k of the operator
+//! (ρ = ∞ where s_k = 0, off the row space). Everything a step needs is then a scalar per coordinate that
+//! depends on the coordinate only through ρ_k, and the operators have few distinct singular values (one
+//! for denoising, inpainting and block averaging; one per pair of 1-D singular values for separable
+//! operators). [`SpectralMap`] groups the coordinates of one problem by ρ and [`RhoCache`] computes each
+//! distinct ρ's table once per sampler (so once per run).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::Result;
+use crate::operators::{Img, LinearOperator};
+
+/// ρ = σ_y²/s² of one spectral coordinate: ∞ off the row space (s = 0), 0 on it when σ_y = 0.
+pub fn rho(sigma_y: f64, s: f64) -> f64 {
+    if s == 0.0 {
+        f64::INFINITY
+    } else {
+        sigma_y * sigma_y / (s * s)
+    }
+}
+
+/// A problem's spectral coordinates grouped by their ρ.
+#[derive(Debug, Clone)]
+pub struct SpectralMap<T> {
+    /// For each coordinate (in the x-shaped spectral layout, row-major), the index of its table.
+    pub index: Vec<u32>,
+    /// One table per distinct ρ.
+    pub tables: Vec<Arc<T>>,
+}
+
+impl<T> SpectralMap<T> {
+    /// Group `op`'s coordinates by ρ = σ_y²/s², taking each distinct ρ's table from `cache`.
+    pub fn new(
+        op: &dyn LinearOperator,
+        sigma_y: f64,
+        cache: &RhoCache<T>,
+        make: impl Fn(f64) -> Result<T>,
+    ) -> Result<Self> {
+        let mut seen: HashMap<u64, u32> = HashMap::new();
+        let mut tables = Vec::new();
+        let mut index = Vec::with_capacity(op.singulars().len());
+        for &s in op.singulars().iter() {
+            let r = rho(sigma_y, s);
+            let i = match seen.get(&r.to_bits()) {
+                Some(&i) => i,
+                None => {
+                    let i = tables.len() as u32;
+                    tables.push(cache.get(r, &make)?);
+                    seen.insert(r.to_bits(), i);
+                    i
+                }
+            };
+            index.push(i);
+        }
+        Ok(SpectralMap { index, tables })
+    }
+
+    /// An x-shaped array holding `f(table)` at every coordinate.
+    pub fn fill(&self, shape: &[usize], f: impl Fn(&T) -> f64) -> Img {
+        let vals: Vec<f64> = self.tables.iter().map(|t| f(t)).collect();
+        let data = self.index.iter().map(|&i| vals[i as usize]).collect();
+        Img::from_shape_vec((shape[0], shape[1], shape[2]), data).expect("x-shaped")
+    }
+}
+
+/// Tables keyed by ρ, computed on first use and shared by every later problem of the run.
+#[derive(Debug)]
+pub struct RhoCache<T>(Mutex<HashMap<u64, Arc<T>>>);
+
+impl<T> Default for RhoCache<T> {
+    fn default() -> Self {
+        RhoCache(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<T> RhoCache<T> {
+    fn get(&self, rho: f64, make: impl Fn(f64) -> Result<T>) -> Result<Arc<T>> {
+        if let Some(t) = self.0.lock().expect("cache lock").get(&rho.to_bits()) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(make(rho)?);
+        self.0
+            .lock()
+            .expect("cache lock")
+            .insert(rho.to_bits(), t.clone());
+        Ok(t)
+    }
+
+    /// Number of distinct ρ computed so far.
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("cache lock").len()
+    }
+
+    /// Whether nothing was computed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
