@@ -112,7 +112,50 @@ fn manifest(dir: &Path) -> Vec<serde_json::Value> {
 // Every shipped spec, split in two tests so that they run in parallel.
 #[test]
 fn every_shipped_diffusion_pipeline_degrades_and_runs() {
-    degrade_and_run_specs(|name| !name.contains("pigfm"));
+    degrade_and_run_specs(|name| !name.contains("pigfm") && !name.starts_with("photo-"));
+}
+
+/// The photo pipelines (RGB 64×64 prior, 128×128 held-out photos, 3×3 tiles): degrade a shipped example
+/// photo, restore it with one step, and get an RGB image of the clean size back.
+#[test]
+fn every_photo_pipeline_degrades_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = tmp.path().join("clean");
+    std::fs::create_dir_all(&clean).unwrap();
+    std::fs::copy(
+        root().join("examples/photos/clean/coffee.png"),
+        clean.join("coffee.png"),
+    )
+    .unwrap();
+    let mut specs: Vec<_> = std::fs::read_dir(root().join("pipelines"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| {
+            p.file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("photo-")
+        })
+        .collect();
+    specs.sort();
+    assert!(specs.len() >= 5);
+    for s in specs {
+        let name = s.file_stem().unwrap().to_string_lossy().into_owned();
+        let y = tmp.path().join(format!("{name}-y"));
+        degrade(&s, &clean, &y);
+        let out = tmp.path().join(format!("{name}-out"));
+        let o = run(&s, &y, &out, &["--set", "sampler.steps=1"]);
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
+        let r = imageio::decode(&out.join("coffee.png")).unwrap();
+        assert_eq!(r.size(), (128, 128), "{name}");
+        assert_eq!(r.color.dim().0, 3, "{name}: RGB out");
+        let m = manifest(&out);
+        assert!(
+            m[0]["engine"].as_str().unwrap().contains("tiled 64x64"),
+            "{name}"
+        );
+    }
 }
 
 #[test]
