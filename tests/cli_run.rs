@@ -426,3 +426,59 @@ fn images_larger_than_the_model_are_restored_in_tiles() {
         m[0]["engine"]
     );
 }
+
+#[test]
+fn a_rerun_with_a_changed_spec_is_refused_with_exit_2() {
+    // Issue 16 item 5: `run … --set sampler.steps=10` on a finished folder printed "restored 0, skipped
+    // 12" and exited 0.
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = tmp.path().join("clean");
+    make_clean(&clean, 2);
+    let y = tmp.path().join("y");
+    degrade(&spec("sr4-c-pigdm.yaml"), &clean, &y);
+    let out = tmp.path().join("out");
+    let o = run(
+        &spec("sr4-c-pigdm.yaml"),
+        &y,
+        &out,
+        &["--set", "sampler.steps=2"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let before = files(&out);
+    let records = std::fs::read(out.join("conjure-manifest.jsonl")).unwrap();
+    let o = run(
+        &spec("sr4-c-pigdm.yaml"),
+        &y,
+        &out,
+        &["--set", "sampler.steps=3"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("2 existing outputs"), "{e}");
+    assert!(
+        e.contains("--overwrite") && e.contains("new output folder"),
+        "{e}"
+    );
+    assert_eq!(e.matches("settings hash ").count(), 1, "{e}");
+    assert_eq!(files(&out), before);
+    assert_eq!(
+        std::fs::read(out.join("conjure-manifest.jsonl")).unwrap(),
+        records
+    );
+    // The same settings skip; --overwrite redoes.
+    let o = run(
+        &spec("sr4-c-pigdm.yaml"),
+        &y,
+        &out,
+        &["--set", "sampler.steps=2"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = run(
+        &spec("sr4-c-pigdm.yaml"),
+        &y,
+        &out,
+        &["--set", "sampler.steps=3", "--overwrite"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(manifest(&out).len(), 6);
+}

@@ -167,3 +167,117 @@ fn model_inspect_shows_the_card_and_checks_the_vjp() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The shipped DDPM, from a spec written into a temporary folder.
+fn shipped_model() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/fmnist-ddpm")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn a_missing_model_folder_is_the_same_error_naming_the_key_and_line_in_validate_and_run() {
+    // Issue 16 item 10: validate printed a raw "No such file or directory (os error 2)", run another text.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("in")).unwrap();
+    let spec = write_spec(
+        tmp.path(),
+        &format!("{GOOD}io:\n  input: in\n  output: out\n"),
+    );
+    let mut messages = Vec::new();
+    for cmd in ["validate", "run"] {
+        let out = conjure().arg(cmd).arg(&spec).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let e = stderr(&out);
+        assert!(
+            e.contains(&format!("{}:1:8: model: the model folder", spec.display())),
+            "{cmd}: {e}"
+        );
+        assert!(e.contains("models/none does not exist"), "{cmd}: {e}");
+        assert!(!e.contains("os error"), "{cmd}: {e}");
+        messages.push(e);
+    }
+    assert_eq!(messages[0], messages[1]);
+}
+
+#[test]
+fn validate_checks_the_input_and_the_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = GOOD.replace("../models/none", &shipped_model());
+    // A missing input.
+    let spec = write_spec(tmp.path(), &format!("{base}io:\n  input: nowhere\n"));
+    let out = conjure().arg("validate").arg(&spec).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("nowhere: input not found"),
+        "{}",
+        stderr(&out)
+    );
+    // An output that is a file: a plain message, in validate and in run.
+    std::fs::create_dir(tmp.path().join("in")).unwrap();
+    std::fs::write(tmp.path().join("taken"), b"x").unwrap();
+    let spec = write_spec(
+        tmp.path(),
+        &format!("{base}io:\n  input: in\n  output: taken\n"),
+    );
+    for cmd in ["validate", "run"] {
+        let out = conjure().arg(cmd).arg(&spec).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let e = stderr(&out);
+        assert!(
+            e.contains("the output is a file, not a folder"),
+            "{cmd}: {e}"
+        );
+        assert!(!e.contains("os error"), "{cmd}: {e}");
+    }
+}
+
+#[test]
+fn validate_estimates_tiles_evaluations_and_time_per_input_size() {
+    // Issue 16 item 7: before a long run, say how long.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    for (name, (w, h)) in [
+        ("a.png", (32u32, 32u32)),
+        ("b.png", (32, 32)),
+        ("c.png", (100, 60)),
+    ] {
+        image::GrayImage::new(w, h).save(input.join(name)).unwrap();
+    }
+    image::RgbImage::new(40, 40)
+        .save(input.join("d.png"))
+        .unwrap();
+    let spec = write_spec(
+        tmp.path(),
+        &format!(
+            "{}io:\n  input: in\n  output: out\nruntime:\n  batch_size: 4\n  engine: tract\n",
+            GOOD.replace("../models/none", &shipped_model())
+        ),
+    );
+    let out = conjure().arg("validate").arg(&spec).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    // c-pigdm, 5 steps, exact Jacobian: 5 forwards + 5 VJPs per image, as the manifest counts them.
+    assert!(s.contains("NFE 10 per image: 5 forwards + 5 VJPs"), "{s}");
+    // 32x32: one tile; 100x60 with 32x32 tiles overlapping by at least 8: 4 x 3 tiles; 40x40: 2 x 2.
+    let line = |size: &str| {
+        s.lines()
+            .find(|l| l.trim_start().starts_with(size))
+            .unwrap_or_else(|| panic!("no line for {size}: {s}"))
+            .to_string()
+    };
+    assert!(
+        line("32x32 (2 images): 1 tile x NFE 10").contains("about"),
+        "{s}"
+    );
+    assert!(
+        line("100x60 (1 image): 12 tiles x NFE 10 = 120").contains("about"),
+        "{s}"
+    );
+    line("40x40 (1 image): 4 tiles");
+    // A colour input through the greyscale model is named, with the model's domain.
+    assert!(s.contains("warning: 1 of 4 inputs are colour"), "{s}");
+    assert!(s.contains("Fashion-MNIST garments"), "{s}");
+}

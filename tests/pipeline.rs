@@ -855,3 +855,400 @@ fn the_manifest_order_does_not_depend_on_the_overlap() {
     assert_eq!(orders[0], orders[1]);
     assert_eq!(orders[0], orders[2]);
 }
+
+#[test]
+fn writer_threads_creating_the_same_folders_never_fail_an_image() {
+    // Issue 16 item 12: the output-path safety check raced with another writer thread creating the same
+    // sub-folder ("… cannot be resolved (a broken link?)"). Many images share a few deep new folders and
+    // are written by 8 threads at once, batch after batch, round after round; every image must be restored.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    for k in 0..96 {
+        let rel = format!("d{}/e{}/f{}/g/img{k:03}.png", k % 2, k % 3, k % 4);
+        write_png(&input.join(rel), pattern(1, 4, 4, k), 8, None, false);
+    }
+    let s = spec(SPEC, &["runtime.batch_size=32", "runtime.threads=8"]);
+    for round in 0..25 {
+        let out = tmp.path().join(format!("out{round}"));
+        let sum = run(&s, info(1, None), &input, &out, None);
+        assert_eq!(
+            (sum.restored, sum.failed),
+            (96, 0),
+            "round {round}: {:?}",
+            sum.failures.first()
+        );
+    }
+}
+
+/// x = H†y + z − 0.02 ε̂(H†y + z), with no consistency step of its own: its output disagrees with y.
+struct Inconsistent;
+
+impl Sampler for Inconsistent {
+    fn name(&self) -> &'static str {
+        "inconsistent"
+    }
+    fn nfe(&self) -> usize {
+        1
+    }
+    fn sample(&self, net: &Network, problems: &mut [Problem]) -> Result<Vec<Img>> {
+        let xs: Vec<Img> = problems
+            .iter_mut()
+            .map(|p| p.op.pinv(&p.y) + &p.init_noise())
+            .collect();
+        let eps = net.eps(&xs, 0.5, 0.8, 0.6)?;
+        Ok(xs.iter().zip(eps).map(|(x, e)| x - &(e * 0.02)).collect())
+    }
+}
+
+fn run_inconsistent(spec: &PipelineSpec, channels: usize, input: &Path, output: &Path) {
+    let build = |d: &Degradation, shape: [usize; 3]| d.build(shape);
+    let engine = Engine {
+        model: info(channels, None),
+        denoiser: &Half,
+        sampler: &Inconsistent,
+        build_operator: &build,
+    };
+    let opts = RunOptions {
+        input: Some(input.to_path_buf()),
+        output: Some(output.to_path_buf()),
+        ..Default::default()
+    };
+    let sum = pipeline::run_with(spec, &opts, &engine).unwrap();
+    assert_eq!((sum.restored, sum.failed), (1, 0), "{:?}", sum.failures);
+}
+
+fn norm(a: &Img) -> f64 {
+    a.iter().map(|v| v * v).sum::<f64>().sqrt()
+}
+
+#[test]
+fn restorations_agree_with_the_measurement_for_every_operator() {
+    // Issue 16 item 1: after the sampler, x̂ ← x̂ + H†(y − H x̂) (on by default for σ_y = 0). Checked on
+    // the raw npy output (before quantization) against y read from the input: H x̂ = H H† y, the
+    // projection of y onto the range of H; that is y itself for every operator of full row rank, which all
+    // are here but inpainting (H H† y = m ⊙ y: the known pixels) and the thresholded Gaussian blur (whose
+    // 1-D singular values fall below 3e-2).
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(&str, usize, usize, bool); 8] = [
+        ("operator: denoise", 1, 16, true),
+        (
+            "operator: inpaint\n  mask: {kind: box, x: 3, y: 4, width: 6, height: 5}",
+            1,
+            16,
+            false,
+        ),
+        ("operator: sr-average\n  scale: 2", 1, 8, true),
+        ("operator: sr-bicubic\n  scale: 2", 1, 8, true),
+        ("operator: sr-bicubic\n  scale: 4", 1, 4, true),
+        (
+            "operator: deblur-gaussian\n  kernel: {size: 9, sigma: 3.0}",
+            1,
+            16,
+            false,
+        ),
+        ("operator: deblur-uniform\n  kernel: {size: 3}", 1, 16, true),
+        ("operator: colorize", 3, 16, true),
+    ];
+    for (i, (task, channels, size, full_rank)) in cases.into_iter().enumerate() {
+        let input = tmp.path().join(format!("in{i}"));
+        write_png(
+            &input.join("x.png"),
+            pattern(1, size, size, i),
+            16,
+            None,
+            false,
+        );
+        let text = SPEC.replace("operator: denoise", task);
+        let y = imageio::to_model(
+            &imageio::decode(&input.join("x.png")).unwrap().color,
+            [-1.0, 1.0],
+        );
+        let mut residuals = Vec::new();
+        for (k, on) in ["true", "false"].into_iter().enumerate() {
+            let s = spec(
+                &text,
+                &["io.format=npy", &format!("task.data_consistency={on}")],
+            );
+            let out = tmp.path().join(format!("out{i}-{k}"));
+            run_inconsistent(&s, channels, &input, &out);
+            let x: Img = imageio::read_npy(&out.join("x.npy"))
+                .unwrap()
+                .into_dimensionality()
+                .unwrap();
+            let (_, h, w) = x.dim();
+            let mask = pipeline::task_mask(&s, Path::new("x.png"), 0, h, w).unwrap();
+            let op = s
+                .degradation(mask)
+                .unwrap()
+                .build([channels, h, w])
+                .unwrap();
+            let hx = op.forward(&x);
+            let range_y = op.forward(&op.pinv(&y));
+            residuals.push((norm(&(&hx - &range_y)), norm(&(&hx - &y))));
+        }
+        let ((on_range, on_y), (off_range, _)) = (residuals[0], residuals[1]);
+        let tol = 1e-5 * norm(&y);
+        assert!(on_range <= tol, "{task}: |H x - HH+ y| = {on_range:e}");
+        if full_rank {
+            assert!(on_y <= tol, "{task}: |H x - y| = {on_y:e}");
+        }
+        // Without the step the same sampler's output disagrees with y (the test can fail).
+        assert!(off_range > 1e3 * tol, "{task}: off {off_range:e}");
+    }
+}
+
+#[test]
+fn inpainting_keeps_the_known_pixels_of_an_8_bit_png_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    write_png(&input.join("x.png"), pattern(1, 16, 16, 3), 8, None, false);
+    let text = SPEC.replace(
+        "operator: denoise",
+        "operator: inpaint\n  mask: {kind: box, x: 2, y: 5, width: 7, height: 6}",
+    );
+    let read = |p: &Path| {
+        let pic = imageio::decode(p).unwrap();
+        assert_eq!(pic.bit_depth, 8);
+        pic.color.mapv(|v| (v * 255.0).round() as u8)
+    };
+    let before = read(&input.join("x.png"));
+    for (on, out) in [(true, "on"), (false, "off")] {
+        let s = spec(&text, &[&format!("task.data_consistency={on}")]);
+        run_inconsistent(&s, 1, &input, &tmp.path().join(out));
+        let after = read(&tmp.path().join(out).join("x.png"));
+        let (mut known_moved, mut unknown_moved) = (0, 0);
+        for ((_, i, j), &a) in after.indexed_iter() {
+            let known = !((5..11).contains(&i) && (2..9).contains(&j));
+            match known {
+                true => known_moved += usize::from(a != before[(0, i, j)]),
+                false => unknown_moved += usize::from(a != before[(0, i, j)]),
+            }
+        }
+        assert!(unknown_moved > 0, "{out}: the hole was restored");
+        match on {
+            true => assert_eq!(known_moved, 0, "known pixels changed"),
+            false => assert!(known_moved > 0, "the sampler alone moves known pixels"),
+        }
+    }
+}
+
+fn try_run(spec: &PipelineSpec, opts: RunOptions) -> Result<pipeline::RunSummary> {
+    let engine = Engine {
+        model: info(1, None),
+        denoiser: &Half,
+        sampler: &Seeded,
+        build_operator: &factory,
+    };
+    pipeline::run_with(spec, &opts, &engine)
+}
+
+#[test]
+fn a_rerun_with_other_settings_is_refused_unless_overwriting() {
+    // Issue 16 item 5: `run … --set sampler.steps=10` on a finished folder printed "restored 0, skipped
+    // 12". Outputs whose manifest record carries another settings hash are not silently kept.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    make_inputs(&input);
+    let out = tmp.path().join("out");
+    let opts = |overwrite: bool, shard: Option<Shard>| RunOptions {
+        input: Some(input.clone()),
+        output: Some(out.clone()),
+        overwrite,
+        shard,
+        ..Default::default()
+    };
+    // A job in two shards sharing the folder (two manifests).
+    let first = spec(SPEC, &[]);
+    for i in 0..2 {
+        let sh = Shard { index: i, count: 2 };
+        assert_eq!(try_run(&first, opts(false, Some(sh))).unwrap().restored, 10);
+    }
+    let before = files(&out);
+    let manifests = |d: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(".jsonl"))
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    // Same settings, other batch size / threads / no shard: everything skipped.
+    let same = spec(SPEC, &["runtime.batch_size=3", "runtime.threads=1"]);
+    assert_eq!(same.settings_hash(), first.settings_hash());
+    assert_eq!(try_run(&same, opts(false, None)).unwrap().skipped, 20);
+
+    // Other settings: refused, naming both hashes and the ways out, with nothing run or recorded.
+    let other = spec(SPEC, &["sampler.steps=10"]);
+    let records = manifests(&out);
+    for shard in [None, Some(Shard { index: 1, count: 2 })] {
+        let e = try_run(&other, opts(false, shard)).unwrap_err().to_string();
+        assert!(e.contains(&first.settings_hash()), "{e}");
+        assert!(e.contains(&other.settings_hash()), "{e}");
+        assert!(
+            e.contains("--overwrite") && e.contains("new output folder"),
+            "{e}"
+        );
+        assert!(
+            e.contains(if shard.is_none() {
+                "20 existing"
+            } else {
+                "10 existing"
+            }),
+            "{e}"
+        );
+        assert_eq!(files(&out), before);
+        assert_eq!(manifests(&out), records);
+    }
+    // A new folder is fine; --overwrite redoes everything, after which the new settings are the folder's.
+    let fresh = RunOptions {
+        output: Some(tmp.path().join("fresh")),
+        ..opts(false, None)
+    };
+    assert_eq!(try_run(&other, fresh).unwrap().restored, 20);
+    assert_eq!(try_run(&other, opts(true, None)).unwrap().restored, 20);
+    assert_eq!(try_run(&other, opts(false, None)).unwrap().skipped, 20);
+    let e = try_run(&first, opts(false, None)).unwrap_err().to_string();
+    assert!(e.contains(&other.settings_hash()), "{e}");
+}
+
+/// The network inside the tiling: counts calls and sets the stop flag during call `at` (0 = never).
+struct CountingTiles {
+    calls: std::sync::atomic::AtomicUsize,
+    at: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Denoiser for CountingTiles {
+    fn engine(&self) -> String {
+        "test/counting-tiles".into()
+    }
+    fn predict(&self, x: ArrayView4<f64>, _t: &[f64]) -> Result<Array4<f64>> {
+        use std::sync::atomic::Ordering;
+        assert_eq!(&x.shape()[1..], &[1, 16, 16], "the tiles, not the image");
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.at {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+        Ok(x.mapv(|v| 0.5 * v))
+    }
+    fn has_vjp(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn a_stop_takes_effect_within_one_tile_batch_and_progress_moves_per_tile_batch() {
+    // Issue 16 item 6: SIGINT during a big SR took 408 s to act (the stop was checked once per network
+    // evaluation of the whole image, i.e. after every tile of it), and progress sat at 0/1 images. A
+    // 100x100 image in 16x16 tiles overlapping by 4 is 8 x 8 = 64 tiles, 16 calls of 4 per evaluation.
+    use conjure::model::tiled::{TileConfig, TiledDenoiser};
+    use conjure::pipeline::NetWatch;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    write_png(
+        &input.join("big.png"),
+        pattern(1, 100, 100, 1),
+        8,
+        None,
+        false,
+    );
+    let s = spec(SPEC, &["runtime.batch_size=4"]);
+    let cfg = TileConfig {
+        tile_h: 16,
+        tile_w: 16,
+        overlap: 4,
+        batch_size: 4,
+    };
+    for (case, at) in [0usize, 5].into_iter().enumerate() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let net = Arc::new(CountingTiles {
+            calls: AtomicUsize::new(0),
+            at,
+            stop: stop.clone(),
+        });
+        let watch = NetWatch::new(Some(stop.clone()), Some(cfg));
+        let (events, tiles) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (e, t) = (events.clone(), tiles.clone());
+        watch.listen(Arc::new(move |n| {
+            e.fetch_add(1, Ordering::SeqCst);
+            t.fetch_add(n, Ordering::SeqCst);
+        }));
+        let tiled = TiledDenoiser::new(watch.wrap(net.clone()), cfg).unwrap();
+        let engine = Engine {
+            model: info(1, None),
+            denoiser: &tiled,
+            sampler: &Seeded,
+            build_operator: &factory,
+        };
+        let opts = RunOptions {
+            input: Some(input.clone()),
+            output: Some(tmp.path().join(format!("out{case}"))),
+            progress: ProgressMode::Log,
+            stop: Some(stop),
+            watch: Some(watch),
+            ..Default::default()
+        };
+        let sum = pipeline::run_with(&s, &opts, &engine).unwrap();
+        let calls = net.calls.load(Ordering::SeqCst);
+        if at == 0 {
+            // One evaluation (the Seeded sampler's one network call): 64 tiles in 16 calls, each call
+            // reported to the listeners.
+            assert_eq!(sum.restored, 1);
+            assert_eq!(calls, 16);
+            assert_eq!(events.load(Ordering::SeqCst), 16);
+            assert_eq!(tiles.load(Ordering::SeqCst), 64);
+        } else {
+            // Stopped during call 5: no tile batch runs after it, the image is discarded, not written.
+            assert!(sum.interrupted);
+            assert_eq!((sum.restored, sum.failed, sum.remaining), (0, 0, 1));
+            assert_eq!(calls, 5, "network calls after the stop");
+            assert_eq!(events.load(Ordering::SeqCst), 5);
+        }
+    }
+}
+
+#[test]
+fn unsupported_image_formats_are_counted_not_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    make_inputs(&input);
+    for name in ["scan.bmp", "b/anim.GIF", "b/c/photo.webp"] {
+        std::fs::write(input.join(name), b"whatever").unwrap();
+    }
+    std::fs::write(input.join("notes.txt"), b"not an image").unwrap();
+    let sum = run(
+        &spec(SPEC, &[]),
+        info(1, None),
+        &input,
+        &tmp.path().join("out"),
+        None,
+    );
+    assert_eq!((sum.restored, sum.failed), (20, 0));
+    let names: Vec<String> = sum
+        .unsupported
+        .iter()
+        .map(|p| p.strip_prefix(&input).unwrap().display().to_string())
+        .collect();
+    assert_eq!(names, ["b/anim.GIF", "b/c/photo.webp", "scan.bmp"]);
+    // Shards count them once (the first shard).
+    let sh = |i| Some(Shard { index: i, count: 2 });
+    let a = run(
+        &spec(SPEC, &[]),
+        info(1, None),
+        &input,
+        &tmp.path().join("s"),
+        sh(0),
+    );
+    let b = run(
+        &spec(SPEC, &[]),
+        info(1, None),
+        &input,
+        &tmp.path().join("s"),
+        sh(1),
+    );
+    assert_eq!((a.unsupported.len(), b.unsupported.len()), (3, 0));
+}

@@ -918,6 +918,13 @@ fn an_unwritable_output_folder_fails_clearly() {
     let o = run(&spec("denoise-c-pigdm.yaml"), &y, &file, &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("a-file"), "{}", stderr(&o));
+    // Said plainly (issue 16), not "File exists (os error 17)".
+    assert!(
+        stderr(&o).contains("the output is a file, not a folder")
+            && !stderr(&o).contains("os error"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
     // One output sub-folder cannot be made (a file is in the way): those inputs fail, the rest run.
     let out = tmp.path().join("out");

@@ -17,6 +17,7 @@ mod inspect;
 mod manifest;
 mod run;
 mod study;
+mod validate;
 
 /// Exit status: every input restored or skipped.
 pub const EXIT_OK: i32 = 0;
@@ -44,7 +45,8 @@ struct Cli {
 enum Command {
     /// Restore every image of the input (file or directory, recursive) into the output directory.
     Run(run::RunArgs),
-    /// Parse and check a spec and its model card; do no work.
+    /// Check a spec, its model card and its input; say per input size how many tiles and network
+    /// evaluations a run takes and about how long (from one timed network call).
     Validate {
         spec: PathBuf,
         #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -184,43 +186,7 @@ fn load_spec(path: &Path, set: &[String]) -> Result<PipelineSpec, Failure> {
 fn dispatch(cmd: Command) -> Result<i32, Failure> {
     match cmd {
         Command::Run(args) => run::run(args),
-        Command::Validate { spec: path, set } => {
-            let spec = load_spec(&path, &set)?;
-            let card = ModelCard::load(&spec.model)?;
-            pipeline::check_model(&spec, card.model_kind(), card.graphs.vjp.is_some())?;
-            let schedule = card.model_schedule(&spec.model)?;
-            let sampler = conjure::samplers::build(&spec.sampler_config(), &schedule)?;
-            println!("{}: ok", path.display());
-            println!(
-                "  model    {} ({}, {}x{}x{})",
-                card.name,
-                spec.model.display(),
-                card.image.channels,
-                card.image.height,
-                card.image.width
-            );
-            println!(
-                "  task     {}{}",
-                spec.task.operator.as_str(),
-                if spec.task.operator.is_sr() {
-                    format!(" x{}", spec.task.scale)
-                } else {
-                    String::new()
-                }
-            );
-            println!(
-                "  sampler  {} ({} NFE/image)",
-                sampler.name(),
-                sampler.nfe()
-            );
-            for (what, p) in [("input", &spec.io.input), ("output", &spec.io.output)] {
-                if let Some(p) = p {
-                    println!("  {what:<8} {}", p.display());
-                }
-            }
-            println!("  hash     {}", spec.hash());
-            Ok(EXIT_OK)
-        }
+        Command::Validate { spec: path, set } => validate::validate(&path, &set),
         Command::Degrade {
             spec,
             input,
@@ -229,6 +195,7 @@ fn dispatch(cmd: Command) -> Result<i32, Failure> {
             set,
         } => {
             let spec = load_spec(&spec, &set)?;
+            spec.check_model_dir()?;
             let card = ModelCard::load(&spec.model)?;
             let info = ModelInfo::from_card(&card, &spec.model)?;
             let masks = masks.unwrap_or_else(|| {

@@ -106,10 +106,15 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         manifest: args.manifest,
         progress,
         stop: Some(Arc::clone(&signals.stop)),
+        watch: None,
     };
     let s = pipeline::run(&spec, &opts)?;
+    let unsupported = match s.unsupported.len() {
+        0 => String::new(),
+        n => format!(", {n} not read (unsupported format)"),
+    };
     let line = format!(
-        "restored {}, skipped {}, failed {} in {:.1} s (engine {}) -> {}",
+        "restored {}, skipped {}, failed {}{unsupported} in {:.1} s (engine {}) -> {}",
         s.restored,
         s.skipped,
         s.failed,
@@ -117,6 +122,23 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         s.engine,
         s.output.display()
     );
+    if !s.unsupported.is_empty() {
+        let shown: Vec<String> = s
+            .unsupported
+            .iter()
+            .take(5)
+            .map(|p| p.display().to_string())
+            .collect();
+        eprintln!(
+            "conjure: {} image file{} of an unsupported format (BMP, GIF, WebP, ...; conjure reads PNG, TIFF \
+             and JPEG) {} not restored: {}{}",
+            s.unsupported.len(),
+            if s.unsupported.len() == 1 { "" } else { "s" },
+            if s.unsupported.len() == 1 { "was" } else { "were" },
+            shown.join(", "),
+            if s.unsupported.len() > 5 { ", ..." } else { "" }
+        );
+    }
     let failures = || {
         eprintln!("failed inputs (details in {}):", s.manifest.display());
         for (p, e) in &s.failures {

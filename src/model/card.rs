@@ -20,6 +20,10 @@ pub struct ModelCard {
     pub time_input: CardTimeInput,
     pub image: CardImage,
     pub graphs: CardGraphs,
+    /// What the model was trained on, in words (e.g. "Fashion-MNIST garments, 32x32 grey"); optional.
+    /// `run` names it when the inputs do not fit.
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -53,6 +53,13 @@ use crate::samplers::{ModelSchedule, Problem, Sampler};
 use crate::schedules::TimeInput;
 use crate::spec::{image_seed, BitDepth, MaskSpec, OutputFormat, PipelineSpec, TileSize};
 
+pub mod consistency;
+pub mod estimate;
+mod resume;
+mod watch;
+
+pub use watch::{Listener, NetWatch};
+
 /// What the pipeline needs to know about a model.
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
@@ -255,6 +262,10 @@ pub struct RunOptions {
     /// writes and records what is already sampled, discards the batch in the network and returns with
     /// [`RunSummary::interrupted`] set. `None`: the run cannot be stopped this way.
     pub stop: Option<Arc<AtomicBool>>,
+    /// The watch around the network inside its tiling ([`NetWatch`]): when given, the stop flag is
+    /// checked before every tile batch and progress moves with every tile batch. `run` makes one (from
+    /// `stop`); engines given to [`run_with`] pass theirs.
+    pub watch: Option<Arc<NetWatch>>,
 }
 
 impl Default for RunOptions {
@@ -267,6 +278,7 @@ impl Default for RunOptions {
             manifest: None,
             progress: ProgressMode::Quiet,
             stop: None,
+            watch: None,
         }
     }
 }
@@ -291,6 +303,9 @@ pub struct RunSummary {
     pub remaining: usize,
     /// Where the run loop's wall time went.
     pub timing: RunTiming,
+    /// Image files of a format conjure does not read (BMP, GIF, WebP, …), not restored (reported by the
+    /// first shard only).
+    pub unsupported: Vec<PathBuf>,
 }
 
 /// Where the run loop's wall time went, seen from the network thread and from the two I/O threads
@@ -342,6 +357,35 @@ pub fn discover_all(
     input: &Path,
     exclude: Option<&Path>,
 ) -> Result<(Vec<InputItem>, Vec<InputProblem>)> {
+    let d = discover_tree(input, exclude)?;
+    Ok((d.items, d.problems))
+}
+
+/// What [`discover_tree`] found under an input.
+#[derive(Debug, Default)]
+pub struct Discovered {
+    pub items: Vec<InputItem>,
+    pub problems: Vec<InputProblem>,
+    /// Image files of a format conjure does not read (BMP, GIF, WebP, …), sorted; not restored, counted in
+    /// the run's summary.
+    pub unsupported: Vec<PathBuf>,
+}
+
+/// Extensions of image formats that are not read; such files are counted, not silently ignored.
+const UNSUPPORTED_IMAGES: &[&str] = &[
+    "bmp", "gif", "webp", "avif", "heic", "heif", "jp2", "j2k", "jxl", "ppm", "pgm", "pbm", "pnm",
+    "tga", "ico", "dds", "exr", "hdr", "qoi",
+];
+
+/// Whether `path` names an image of a format conjure does not read.
+pub fn is_unsupported_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| UNSUPPORTED_IMAGES.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// [`discover_all`], plus the image files of unsupported formats.
+pub fn discover_tree(input: &Path, exclude: Option<&Path>) -> Result<Discovered> {
     let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
     if meta.is_file() {
         let name = input
@@ -355,18 +399,19 @@ pub fn discover_all(
                 "an image file (png, tif, tiff, jpg, jpeg) or a directory",
             ));
         }
-        return Ok((
-            vec![InputItem {
+        return Ok(Discovered {
+            items: vec![InputItem {
                 path: input.to_path_buf(),
                 rel: name,
                 index: 0,
             }],
-            Vec::new(),
-        ));
+            ..Default::default()
+        });
     }
     let exclude = exclude.and_then(|e| e.canonicalize().ok());
     let mut items = Vec::new();
     let mut problems: Vec<InputProblem> = Vec::new();
+    let mut unsupported = Vec::new();
     let walker = walkdir::WalkDir::new(input)
         .follow_links(true)
         .sort_by_file_name()
@@ -413,7 +458,13 @@ pub fn discover_all(
                 continue;
             }
         };
-        if !entry.file_type().is_file() || !imageio::is_image_path(entry.path()) {
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        if !imageio::is_image_path(entry.path()) {
+            if is_unsupported_image(entry.path()) && !imageio::is_temp_path(entry.path()) {
+                unsupported.push(entry.path().to_path_buf());
+            }
             continue;
         }
         let rel = entry
@@ -432,7 +483,12 @@ pub fn discover_all(
         it.index = i;
     }
     problems.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok((items, problems))
+    unsupported.sort();
+    Ok(Discovered {
+        items,
+        problems,
+        unsupported,
+    })
 }
 
 /// The output path of an input: the same relative path under `output`, with the extension of the output
@@ -451,43 +507,99 @@ pub fn output_path(output: &Path, rel: &Path, format: OutputFormat) -> PathBuf {
 /// Refuse an output that could land outside the output folder `root` (canonical): a relative input
 /// path with anything but plain names (`..`, a root), or an output whose deepest existing folder resolves
 /// (through symbolic links) outside `root`. Folders created below that one are new, so they are inside.
+///
+/// Race-free against other writers creating the same folders (issue 16): each folder is examined with
+/// `symlink_metadata` *before* it is resolved, so a folder that does not exist yet is simply skipped,
+/// and one that exists (or was just created by another thread) resolves. Only an entry that exists and
+/// is a link that cannot be resolved is called a broken link.
 fn check_inside(root: &Path, rel: &Path, out: &Path) -> Result<()> {
-    let outside = |why: String| {
-        Err(Error::io(
-            out,
-            std::io::Error::other(format!(
-                "refusing to write outside the output folder {}: {why}",
-                root.display()
-            )),
-        ))
-    };
-    if rel
-        .components()
-        .any(|c| !matches!(c, std::path::Component::Normal(_)))
-    {
-        return outside(format!("the relative path {} is not plain", rel.display()));
-    }
+    check_plain(root, rel, out)?;
     let mut dir = out.parent();
     while let Some(d) = dir {
-        match d.canonicalize() {
-            Ok(real) if real.starts_with(root) => return Ok(()),
-            Ok(real) => {
-                return outside(format!(
-                    "{} resolves to {} (a symbolic link)",
-                    d.display(),
-                    real.display()
-                ))
-            }
-            Err(_) if std::fs::symlink_metadata(d).is_ok() => {
-                return outside(format!(
-                    "{} cannot be resolved (a broken link?)",
-                    d.display()
-                ))
-            }
-            Err(_) => dir = d.parent(),
+        match std::fs::symlink_metadata(d) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => dir = d.parent(),
+            Err(e) => return Err(outside(root, out, format!("{}: {e}", d.display()))),
+            Ok(_) => return resolves_inside(root, out, d).map(|_| ()),
         }
     }
-    outside("no folder of the output path exists".into())
+    Err(outside(
+        root,
+        out,
+        "no folder of the output path exists".into(),
+    ))
+}
+
+/// Create the folders of `out` one by one below the output folder `root` (canonical), resolving each
+/// right after it is created (or found), and refuse as soon as one resolves outside `root` (a symbolic
+/// link), before anything is created through it. Creating first and resolving second cannot race with
+/// another thread creating the same folder: `create_dir` of an existing folder is not an error.
+fn create_inside(root: &Path, rel: &Path, out: &Path) -> Result<()> {
+    check_plain(root, rel, out)?;
+    let mut dir = root.to_path_buf();
+    if let Some(parent) = rel.parent() {
+        for c in parent.components() {
+            let next = dir.join(c);
+            match std::fs::create_dir(&next) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(&next, e)),
+            }
+            dir = resolves_inside(root, out, &next)?;
+            if !dir.is_dir() {
+                return Err(Error::io(
+                    &next,
+                    std::io::Error::other("a file is in the way of the output folder"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn outside(root: &Path, out: &Path, why: String) -> Error {
+    Error::io(
+        out,
+        std::io::Error::other(format!(
+            "refusing to write outside the output folder {}: {why}",
+            root.display()
+        )),
+    )
+}
+
+/// A relative input path of plain names only (no `..`, no root).
+fn check_plain(root: &Path, rel: &Path, out: &Path) -> Result<()> {
+    match rel
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        true => Ok(()),
+        false => Err(outside(
+            root,
+            out,
+            format!("the relative path {} is not plain", rel.display()),
+        )),
+    }
+}
+
+/// The canonical path of the existing folder `d`, if it lies inside `root`.
+fn resolves_inside(root: &Path, out: &Path, d: &Path) -> Result<PathBuf> {
+    match d.canonicalize() {
+        Ok(real) if real.starts_with(root) => Ok(real),
+        Ok(real) => Err(outside(
+            root,
+            out,
+            format!(
+                "{} resolves to {} (a symbolic link)",
+                d.display(),
+                real.display()
+            ),
+        )),
+        Err(e) => Err(outside(
+            root,
+            out,
+            format!("{} cannot be resolved (a broken link?): {e}", d.display()),
+        )),
+    }
 }
 
 /// One line of the manifest (docs/cli.md).
@@ -505,6 +617,9 @@ pub struct ManifestRecord {
     pub engine: String,
     pub seconds: f64,
     pub spec_hash: String,
+    /// [`PipelineSpec::settings_hash`]: the settings that decide the output's bytes. A rerun that would
+    /// skip this output with other settings is refused.
+    pub settings_hash: String,
     /// Unix time (seconds) the record was written.
     pub finished_at: u64,
 }
@@ -774,7 +889,7 @@ impl Ctx<'_> {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        let xs = self.engine.sampler.sample(&net, &mut problems)?;
+        let mut xs = self.engine.sampler.sample(&net, &mut problems)?;
         if xs.len() != batch.len() {
             return Err(Error::Shape(format!(
                 "sampler returned {} images for a batch of {}",
@@ -782,6 +897,7 @@ impl Ctx<'_> {
                 batch.len()
             )));
         }
+        consistency::finish(self.spec, &problems, &mut xs);
         if xs.iter().any(|x| x.iter().any(|v| !v.is_finite())) {
             return Err(Error::Numerical("the sampler produced NaN or Inf".into()));
         }
@@ -793,8 +909,9 @@ impl Ctx<'_> {
     fn write(&self, p: &Prepared, x: &Img) -> Result<()> {
         let io = &self.spec.io;
         let out = &p.job.out;
-        // Checked again right before writing: a folder may have been replaced by a link meanwhile.
-        check_inside(&self.out_root, &p.job.item.rel, out)?;
+        // Checked again right before writing (a folder may have been replaced by a link meanwhile), folder
+        // by folder as they are created.
+        create_inside(&self.out_root, &p.job.item.rel, out)?;
         imageio::remove_stale_temps(out)?;
         let bytes = if io.format == OutputFormat::Npy {
             imageio::encode_npy(x, out)?
@@ -887,41 +1004,134 @@ fn pick_init_noise(a: &ndarray::ArrayD<f64>, index: usize, x_shape: [usize; 3]) 
 /// (NFE, seconds) of a restored image, or (error, seconds) of a failed one.
 type Outcome = std::result::Result<(usize, f64), (String, f64)>;
 
-/// Progress reporting: bars, log lines or nothing.
+/// Progress reporting: bars, log lines or nothing. Moves within an image batch too (issue 16): each
+/// network call (tile batch) seen by the run's [`NetWatch`] advances the batch in flight by its share of
+/// the calls the batch needs, so a big image shows movement and an ETA long before it is written.
+#[derive(Clone)]
 struct Progress {
+    inner: Arc<ProgressInner>,
+}
+
+struct ProgressInner {
     mode: ProgressMode,
     bar: Option<indicatif::ProgressBar>,
     total: usize,
-    done: Mutex<usize>,
+    start: Instant,
+    state: Mutex<ProgressState>,
 }
+
+struct ProgressState {
+    /// Inputs recorded.
+    done: usize,
+    /// The batch in the network: images, x size (h, w), network calls made, calls it needs.
+    batch: Option<(usize, (usize, usize), usize, usize)>,
+    /// Images done, counting the batch in flight by its share of calls (never decreases).
+    pos: f64,
+    last_log: Instant,
+}
+
+/// Seconds between two progress lines within an image batch (log mode).
+const LOG_EVERY: f64 = 10.0;
 
 impl Progress {
     fn new(mode: ProgressMode, total: usize, nfe: usize) -> Self {
         let bar = (mode == ProgressMode::Bars).then(|| {
-            let b = indicatif::ProgressBar::new(total as u64);
+            let b = indicatif::ProgressBar::new(total as u64 * 1000);
             b.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}",
+                    "{spinner} [{elapsed_precise}] {wide_bar} {msg}  ETA {eta}",
                 )
                 .expect("valid template"),
             );
-            b.set_message(format!("NFE {nfe}/image"));
+            b.set_message(format!("0/{total} images, NFE {nfe}/image"));
             b
         });
         Progress {
-            mode,
-            bar,
-            total,
-            done: Mutex::new(0),
+            inner: Arc::new(ProgressInner {
+                mode,
+                bar,
+                total,
+                start: Instant::now(),
+                state: Mutex::new(ProgressState {
+                    done: 0,
+                    batch: None,
+                    pos: 0.0,
+                    last_log: Instant::now(),
+                }),
+            }),
         }
     }
 
-    fn record(&self, rec: &ManifestRecord) {
-        let mut done = self.done.lock().expect("progress");
-        *done += 1;
-        match self.mode {
+    /// A batch of `images` of x size `size` enters the network and needs `calls` network calls.
+    fn begin_batch(&self, images: usize, size: (usize, usize), calls: usize) {
+        let mut st = self.inner.state.lock().expect("progress");
+        st.batch = Some((images, size, 0, calls.max(1)));
+    }
+
+    /// The batch in the network is done.
+    fn end_batch(&self) {
+        self.inner.state.lock().expect("progress").batch = None;
+    }
+
+    /// One network call (tile batch) of the batch in flight is done.
+    fn tick(&self) {
+        let p = &self.inner;
+        let mut st = p.state.lock().expect("progress");
+        let Some((images, (h, w), calls, need)) = st.batch else {
+            return;
+        };
+        let calls = calls + 1;
+        st.batch = Some((images, (h, w), calls, need));
+        let frac = (calls as f64 / need as f64).min(1.0);
+        let pos = (st.done as f64 + frac * images as f64).min(p.total as f64);
+        st.pos = st.pos.max(pos);
+        match p.mode {
             ProgressMode::Bars => {
-                if let Some(b) = &self.bar {
+                if let Some(b) = &p.bar {
+                    b.set_position((st.pos * 1000.0) as u64);
+                    b.set_message(format!(
+                        "{}/{} images, batch of {images} at {:.0}%",
+                        st.done,
+                        p.total,
+                        frac * 100.0
+                    ));
+                }
+            }
+            ProgressMode::Log if st.last_log.elapsed().as_secs_f64() >= LOG_EVERY => {
+                st.last_log = Instant::now();
+                tracing::info!(
+                    "[{}/{}] restoring {images} image{} of {w}x{h}: network call {calls}/{need} ({:.0}%), ETA {}",
+                    st.done,
+                    p.total,
+                    if images == 1 { "" } else { "s" },
+                    frac * 100.0,
+                    self.eta(st.pos)
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Time left at `pos` images done, from the rate so far.
+    fn eta(&self, pos: f64) -> String {
+        let p = &self.inner;
+        if pos <= 0.0 {
+            return "unknown".into();
+        }
+        let secs = p.start.elapsed().as_secs_f64() / pos * (p.total as f64 - pos).max(0.0);
+        estimate::duration(secs)
+    }
+
+    fn record(&self, rec: &ManifestRecord) {
+        let p = &self.inner;
+        let mut st = p.state.lock().expect("progress");
+        st.done += 1;
+        st.pos = st.pos.max(st.done as f64);
+        st.last_log = Instant::now();
+        let done = st.done;
+        match p.mode {
+            ProgressMode::Bars => {
+                if let Some(b) = &p.bar {
                     if rec.status == "failed" {
                         b.println(format!(
                             "failed {}: {}",
@@ -929,21 +1139,22 @@ impl Progress {
                             rec.error.as_deref().unwrap_or("")
                         ));
                     }
-                    b.inc(1);
+                    b.set_position((st.pos * 1000.0) as u64);
+                    b.set_message(format!("{done}/{} images", p.total));
                 }
             }
             ProgressMode::Log => match rec.status {
                 "failed" => tracing::warn!(
                     "[{}/{}] failed {}: {}",
-                    *done,
-                    self.total,
+                    done,
+                    p.total,
                     rec.input,
                     rec.error.as_deref().unwrap_or("")
                 ),
                 s => tracing::info!(
                     "[{}/{}] {} {} -> {} ({:.2} s)",
-                    *done,
-                    self.total,
+                    done,
+                    p.total,
                     s,
                     rec.input,
                     rec.output,
@@ -963,7 +1174,7 @@ impl Progress {
     }
 
     fn finish(&self) {
-        if let Some(b) = &self.bar {
+        if let Some(b) = &self.inner.bar {
             b.finish_and_clear();
         }
     }
@@ -987,13 +1198,32 @@ fn resolve_io(spec: &PipelineSpec, opts: &RunOptions) -> Result<(PathBuf, PathBu
             location: String::new(),
             message: "no output: give --output or io.output in the spec".into(),
         })?;
+    check_io(&input, &output)?;
+    Ok((input, output))
+}
+
+/// The input exists and the output is not a file (a folder, or nothing yet): the checks `validate` and
+/// `run` share, with plain messages.
+pub fn check_io(input: &Path, output: &Path) -> Result<()> {
     if !input.exists() {
         return Err(Error::io(
-            &input,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "input not found"),
+            input,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "input not found (give an image file or a folder: --input or io.input)",
+            ),
         ));
     }
-    Ok((input, output))
+    if output.exists() && !output.is_dir() {
+        return Err(Error::io(
+            output,
+            std::io::Error::other(
+                "the output is a file, not a folder; give a folder to write the restored images \
+                 into (--output or io.output)",
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Load the spec's model with its ONNX engine, build the sampler, and run. The network is wrapped in a
@@ -1001,7 +1231,9 @@ fn resolve_io(spec: &PipelineSpec, opts: &RunOptions) -> Result<(PathBuf, PathBu
 /// tiles per network call), so images of any size can be restored; an image of exactly the tile size is
 /// one tile with weight 1, i.e. the plain network.
 pub fn run(spec: &PipelineSpec, opts: &RunOptions) -> Result<RunSummary> {
-    if !has_work(spec, opts)? {
+    spec.check_model_dir()?;
+    let items = pending(spec, opts)?;
+    if items.is_empty() {
         // Everything is done already (or there are no inputs): record the skips without loading the
         // model, which can take minutes (TensorRT engine builds).
         let card = ModelCard::load(&spec.model)?;
@@ -1022,7 +1254,33 @@ pub fn run(spec: &PipelineSpec, opts: &RunOptions) -> Result<RunSummary> {
     check_model(spec, info.kind, loaded.denoiser.has_vjp())?;
     imageio::color::check_channels(spec, info.channels)?;
     let sampler = crate::samplers::build(&spec.sampler_config(), &info.schedule)?;
-    let tiled = tiled_denoiser(spec, &loaded.card, Arc::from(loaded.denoiser))?;
+    let inner: Arc<dyn Denoiser> = Arc::from(loaded.denoiser);
+    let cfg = tile_config(spec, &loaded.card);
+    // Before a long run, say how long, and whether the inputs suit the model.
+    // (The warm-up measurement only when the estimate is shown.)
+    let quiet = opts.progress == ProgressMode::Quiet;
+    let plan = estimate::plan(
+        spec,
+        &info,
+        loaded.card.domain.as_deref(),
+        &items,
+        &cfg,
+        sampler.as_ref(),
+        (!quiet).then_some(inner.as_ref()),
+    )?;
+    if !quiet {
+        for line in &plan.lines {
+            tracing::info!("{line}");
+        }
+    }
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    let watch = opts
+        .watch
+        .clone()
+        .unwrap_or_else(|| NetWatch::new(opts.stop.clone(), Some(cfg)));
+    let tiled = TiledDenoiser::new(watch.wrap(inner), cfg)?;
     info.size = None;
     let build = |d: &Degradation, shape: [usize; 3]| d.build(shape);
     let engine = Engine {
@@ -1031,7 +1289,25 @@ pub fn run(spec: &PipelineSpec, opts: &RunOptions) -> Result<RunSummary> {
         sampler: sampler.as_ref(),
         build_operator: &build,
     };
-    run_with(spec, opts, &engine)
+    let opts = RunOptions {
+        watch: Some(watch),
+        ..opts.clone()
+    };
+    run_with(spec, &opts, &engine)
+}
+
+/// The tiling of the spec's network (`model` = the card's image size).
+pub fn tile_config(spec: &PipelineSpec, card: &ModelCard) -> TileConfig {
+    let (tile_h, tile_w) = match spec.runtime.tile_size {
+        TileSize::Model => (card.image.height, card.image.width),
+        TileSize::Pixels(n) => (n, n),
+    };
+    TileConfig {
+        tile_h,
+        tile_w,
+        overlap: spec.runtime.tile_overlap,
+        batch_size: spec.runtime.batch_size,
+    }
 }
 
 /// The network as the sampler sees it: `inner` behind a [`TiledDenoiser`] with the spec's tile size
@@ -1041,31 +1317,22 @@ pub fn tiled_denoiser(
     card: &ModelCard,
     inner: Arc<dyn Denoiser>,
 ) -> Result<TiledDenoiser> {
-    let (tile_h, tile_w) = match spec.runtime.tile_size {
-        TileSize::Model => (card.image.height, card.image.width),
-        TileSize::Pixels(n) => (n, n),
-    };
-    TiledDenoiser::new(
-        inner,
-        TileConfig {
-            tile_h,
-            tile_w,
-            overlap: spec.runtime.tile_overlap,
-            batch_size: spec.runtime.batch_size,
-        },
-    )
+    TiledDenoiser::new(inner, tile_config(spec, card))
 }
 
-/// Whether any input of this shard still needs restoring.
-fn has_work(spec: &PipelineSpec, opts: &RunOptions) -> Result<bool> {
+/// The inputs of this shard that still need restoring.
+fn pending(spec: &PipelineSpec, opts: &RunOptions) -> Result<Vec<InputItem>> {
     let (input, output) = resolve_io(spec, opts)?;
     // Problems in the tree (broken links, unreadable folders) are recorded by `run_with` without a model.
-    let (items, _problems) = discover_all(&input, Some(&output))?;
-    Ok(items.iter().any(|it| {
-        let mine = opts.shard.is_none_or(|sh| it.index % sh.count == sh.index);
+    let (mut items, _problems) = discover_all(&input, Some(&output))?;
+    items.retain(|it| opts.shard.is_none_or(|sh| it.index % sh.count == sh.index));
+    // Refused before the model is loaded when skipped outputs were made with other settings.
+    resume::check_settings(spec, opts, &output, &items)?;
+    items.retain(|it| {
         let out = output_path(&output, &it.rel, spec.io.format);
-        mine && !(spec.io.skip_existing && !opts.overwrite && out.is_file())
-    }))
+        !(spec.io.skip_existing && !opts.overwrite && out.is_file())
+    });
+    Ok(items)
 }
 
 /// Stands in for the network and the sampler when there is nothing to restore; never called.
@@ -1161,7 +1428,11 @@ fn run_inner(
             ),
         });
     }
-    let (mut items, problems) = discover_all(&input, Some(&output))?;
+    let Discovered {
+        mut items,
+        problems,
+        unsupported,
+    } = discover_tree(&input, Some(&output))?;
     let out_root = output.canonicalize().map_err(|e| Error::io(&output, e))?;
     if items.is_empty() {
         tracing::warn!(
@@ -1172,6 +1443,7 @@ fn run_inner(
     if let Some(sh) = opts.shard {
         items.retain(|it| it.index % sh.count == sh.index);
     }
+    resume::check_settings(spec, opts, &output, &items)?;
     let manifest_path = opts
         .manifest
         .clone()
@@ -1184,12 +1456,30 @@ fn run_inner(
         .map(|p| imageio::read_npy(p))
         .transpose()?;
     let hash = spec.hash();
+    let settings_hash = spec.settings_hash();
     let engine_name = engine.denoiser.engine();
-    let progress = Progress::new(opts.progress, items.len(), engine.sampler.nfe());
+    // NFE = network evaluations per image (forwards + VJPs), counted as the manifest counts it.
+    let evals = estimate::engine_evaluations(spec, engine)?;
+    let progress = Progress::new(opts.progress, items.len(), evals.nfe());
+    if let Some(w) = &opts.watch {
+        let p = progress.clone();
+        w.listen(Arc::new(move |_| p.tick()));
+    }
+    let batch_calls = |images: usize, x_shape: [usize; 3]| -> usize {
+        let per_eval = match opts.watch.as_ref().and_then(|w| w.tiles()) {
+            Some(cfg) => crate::model::tiled::TilePlan::new(x_shape[1], x_shape[2], cfg)
+                .map(|plan| (images * plan.len()).div_ceil(cfg.batch_size.max(1)))
+                .unwrap_or(1),
+            None => 1,
+        };
+        per_eval * evals.nfe()
+    };
+    let first_shard = opts.shard.is_none_or(|sh| sh.index == 0);
     let mut summary = RunSummary {
         engine: engine_name.clone(),
         manifest: manifest_path.clone(),
         output: output.clone(),
+        unsupported: if first_shard { unsupported } else { Vec::new() },
         ..Default::default()
     };
     let record = |summary: &mut RunSummary,
@@ -1210,6 +1500,7 @@ fn run_inner(
             engine: engine.denoiser.engine(),
             seconds,
             spec_hash: hash.clone(),
+            settings_hash: settings_hash.clone(),
             finished_at: now_unix(),
         };
         manifest.append(&rec)?;
@@ -1229,7 +1520,7 @@ fn run_inner(
 
     // Parts of the input tree that could not be read fail on their own (recorded by one shard only, so
     // that shards sharing a manifest record each once).
-    if opts.shard.is_none_or(|sh| sh.index == 0) {
+    if first_shard {
         for (path, e) in problems {
             let rel = path.strip_prefix(&input).unwrap_or(&path).to_path_buf();
             let job = Job {
@@ -1397,7 +1688,14 @@ fn run_inner(
                 Decoded::Failed(failed) => Sampled::Failed(failed),
                 Decoded::Batch(batch) => {
                     let refs: Vec<&Prepared> = batch.iter().collect();
+                    let shape = refs[0].op.x_shape();
+                    progress.begin_batch(
+                        refs.len(),
+                        (shape[1], shape[2]),
+                        batch_calls(refs.len(), shape),
+                    );
                     let results = ctx.sample(&refs);
+                    progress.end_batch();
                     drop(refs);
                     if is_stopped(stop) && results.iter().any(|r| r.is_err()) {
                         break;
@@ -1426,6 +1724,9 @@ fn run_inner(
         Ok((summary, done, timing))
     })?;
     progress.finish();
+    if let Some(w) = &opts.watch {
+        w.clear();
+    }
     summary.remaining = todo_len - done;
     summary.interrupted = summary.remaining > 0 && is_stopped(stop);
     summary.timing = timing;

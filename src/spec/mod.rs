@@ -179,6 +179,9 @@ pub struct TaskSpec {
     pub noise_sigma: f64,
     /// Threshold below which 1-D singular values count as zero (sr-bicubic, deblur-*).
     pub svd_threshold: f64,
+    /// `task.data_consistency`: after the sampler, x ← x + H†(y − H x), so the restoration agrees with
+    /// the measurement (known pixels kept, SR output downsamples to y). Default: on when noise_sigma = 0.
+    pub data_consistency: bool,
 }
 
 /// `sampler`: the sampler settings themselves plus what only a spec names.
@@ -249,6 +252,9 @@ pub struct PipelineSpec {
     pub source: Option<PathBuf>,
     pub version: u32,
     pub model: PathBuf,
+    /// Where `model` was set (`file:line:col: ` or `--set …: `), for errors about the model folder; not
+    /// part of the hashes.
+    pub model_location: String,
     pub task: TaskSpec,
     pub sampler: SamplerSpec,
     pub seed: u64,
@@ -304,6 +310,7 @@ const TASK_KEYS: &[&str] = &[
     "kernel",
     "noise_sigma",
     "svd_threshold",
+    "data_consistency",
 ];
 const MASK_KEYS: &[&str] = &[
     "kind", "x", "y", "width", "height", "fraction", "side", "path", "dir",
@@ -754,6 +761,7 @@ impl PipelineSpec {
             }
             _ => ctx.path(model_node, "model")?,
         };
+        let model_location = ctx.loc(&model_node.origin);
         let task = Self::task(ctx, top.require(ctx, "task", "the spec")?)?;
         let sampler = Self::sampler(ctx, top.require(ctx, "sampler", "the spec")?)?;
         let seed = match top.get("seed") {
@@ -766,6 +774,7 @@ impl PipelineSpec {
             source: None,
             version,
             model,
+            model_location,
             task,
             sampler,
             seed,
@@ -851,6 +860,10 @@ impl PipelineSpec {
             Some(n) => ctx.float(n, "svd_threshold", (0.0, false), (1.0, true))?,
             None => DEFAULT_SVD_THRESHOLD,
         };
+        let data_consistency = match s.get("data_consistency") {
+            Some(n) => ctx.bool(n, "data_consistency")?,
+            None => noise_sigma == 0.0,
+        };
         Ok(TaskSpec {
             operator,
             scale,
@@ -858,6 +871,7 @@ impl PipelineSpec {
             kernel,
             noise_sigma,
             svd_threshold,
+            data_consistency,
         })
     }
 
@@ -1203,6 +1217,48 @@ impl PipelineSpec {
         }
     }
 
+    /// The `model` key names a folder holding `model.yaml`; else a spec error at the key's line, the same
+    /// for `validate`, `run` and `degrade` (issue 16).
+    pub fn check_model_dir(&self) -> Result<()> {
+        let dir = &self.model;
+        let problem = match std::fs::metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
+            Err(_) => "cannot be read",
+            Ok(m) if !m.is_dir() => "is not a folder",
+            Ok(_) if !dir.join("model.yaml").is_file() => "has no model.yaml",
+            Ok(_) => return Ok(()),
+        };
+        Err(Error::Spec {
+            location: self.model_location.clone(),
+            message: format!(
+                "model: the model folder {} {problem} (`model` must name a folder holding model.yaml; \
+                 relative paths are relative to the spec file)",
+                dir.display()
+            ),
+        })
+    }
+
+    /// SHA-256 (hex) of the settings that decide an output's bytes: model, task, sampler, seed, tiling
+    /// and the output encoding (`io.format`, `io.bit_depth`, `io.jpeg_quality`), not where files are or
+    /// how fast they are made (paths, engine, providers, batch size, threads, shards). A rerun into a folder
+    /// whose outputs carry another settings hash would silently keep outputs made otherwise (issue 16).
+    pub fn settings_hash(&self) -> String {
+        let what = (
+            &self.version,
+            &self.model,
+            &self.task,
+            &self.sampler,
+            self.seed,
+            self.runtime.tile_size,
+            self.runtime.tile_overlap,
+            self.io.format,
+            self.io.bit_depth,
+            self.io.jpeg_quality,
+        );
+        let digest = Sha256::digest(format!("{what:?}").as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// SHA-256 (hex) of the resolved spec: every key after defaults, overrides and path resolution
     /// (the `Debug` rendering of this struct, without the spec file's own path, `runtime.batch_size` and
     /// `runtime.threads`, which do not change results). Two runs with the same hash used the same
@@ -1215,6 +1271,7 @@ impl PipelineSpec {
         s.runtime.providers_given = false;
         s.runtime.batch_size = 0;
         s.runtime.threads = 0;
+        s.model_location = String::new();
         let digest = Sha256::digest(format!("{s:?}").as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -1244,6 +1301,19 @@ mod tests {
     }
 
     const MIN: &str = "model: m\ntask:\n  operator: denoise\nsampler:\n  name: c-pigdm\n";
+
+    #[test]
+    fn data_consistency_defaults_to_noiseless_measurements() {
+        assert!(parse(MIN).unwrap().task.data_consistency);
+        let noisy = MIN.replace("denoise", "denoise\n  noise_sigma: 0.1");
+        assert!(!parse(&noisy).unwrap().task.data_consistency);
+        let off = MIN.replace("denoise", "denoise\n  data_consistency: false");
+        assert!(!parse(&off).unwrap().task.data_consistency);
+        let on = noisy.replace("0.1", "0.1\n  data_consistency: true");
+        assert!(parse(&on).unwrap().task.data_consistency);
+        let bad = MIN.replace("denoise", "denoise\n  data_consistency: maybe");
+        assert!(parse(&bad).is_err());
+    }
 
     #[test]
     fn minimal_spec_gets_defaults() {

@@ -349,7 +349,8 @@ fn restore(model: &Loaded, spec: &PipelineSpec, set: &[Measured]) -> Result<Vec<
             .iter()
             .map(|m| Problem::new(m.op.clone(), m.y.clone(), spec.task.noise_sigma, m.seed))
             .collect::<Result<Vec<_>>>()?;
-        let xs = sampler.sample(&net, &mut problems)?;
+        let mut xs = sampler.sample(&net, &mut problems)?;
+        crate::pipeline::consistency::finish(spec, &problems, &mut xs);
         if xs.iter().any(|x| x.iter().any(|v| !v.is_finite())) {
             return Err(Error::Numerical(
                 "the sampler produced NaN or Inf (it diverged)".into(),

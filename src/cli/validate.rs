@@ -1,0 +1,92 @@
+//! `conjure validate`: parse and check a spec, its model card and its input; say what a run would do and
+//! about how long it would take (issue 16), without restoring anything.
+
+use std::path::{Path, PathBuf};
+
+use conjure::model::card::ModelCard;
+use conjure::pipeline::{self, estimate, ModelInfo};
+
+use super::{load_spec, Failure, EXIT_OK};
+
+/// Check a spec; print a summary and, for the spec's input, the per-size estimate.
+pub fn validate(path: &Path, set: &[String]) -> Result<i32, Failure> {
+    let spec = load_spec(path, set)?;
+    spec.check_model_dir()?;
+    let card = ModelCard::load(&spec.model)?;
+    pipeline::check_model(&spec, card.model_kind(), card.graphs.vjp.is_some())?;
+    let info = ModelInfo::from_card(&card, &spec.model)?;
+    let sampler = conjure::samplers::build(&spec.sampler_config(), &info.schedule)?;
+    let evals = estimate::evaluations(&spec, &info, sampler.as_ref())?;
+    if let Some(input) = &spec.io.input {
+        let output = spec.io.output.clone().unwrap_or_else(PathBuf::new);
+        pipeline::check_io(input, &output)?;
+    }
+    println!("{}: ok", path.display());
+    println!(
+        "  model    {} ({}, {}x{}x{}){}",
+        card.name,
+        spec.model.display(),
+        card.image.channels,
+        card.image.height,
+        card.image.width,
+        card.domain
+            .as_deref()
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  task     {}{}",
+        spec.task.operator.as_str(),
+        if spec.task.operator.is_sr() {
+            format!(" x{}", spec.task.scale)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "  sampler  {} (NFE {} per image: {} forwards + {} VJPs)",
+        sampler.name(),
+        evals.nfe(),
+        evals.forwards,
+        evals.vjps
+    );
+    for (what, p) in [("input", &spec.io.input), ("output", &spec.io.output)] {
+        if let Some(p) = p {
+            println!("  {what:<8} {}", p.display());
+        }
+    }
+    println!("  hash     {}", spec.hash());
+    if let Some(input) = &spec.io.input {
+        let items = pipeline::discover(input, spec.io.output.as_deref())?;
+        if items.is_empty() {
+            println!("  no image files under {}", input.display());
+        } else {
+            // A short warm-up measurement of the network at the run's batch size.
+            let loaded = conjure::model::load(&spec.model, &spec.runtime_options())?;
+            let cfg = pipeline::tile_config(&spec, &card);
+            let plan = estimate::plan(
+                &spec,
+                &info,
+                card.domain.as_deref(),
+                &items,
+                &cfg,
+                sampler.as_ref(),
+                Some(loaded.denoiser.as_ref()),
+            )?;
+            println!(
+                "  estimate (engine {}, batch {}, tiles {}x{}):",
+                loaded.denoiser.engine(),
+                spec.runtime.batch_size,
+                cfg.tile_w,
+                cfg.tile_h
+            );
+            for line in &plan.lines {
+                println!("    {line}");
+            }
+            for w in &plan.warnings {
+                println!("  warning: {w}");
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
