@@ -461,6 +461,7 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         manifest: Some(manifest.clone()),
         progress: ProgressMode::Quiet,
         stop: None,
+        watch: None,
     };
     let threads = if spec.runtime.threads > 0 {
         spec.runtime.threads
