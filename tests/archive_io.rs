@@ -85,7 +85,7 @@ fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
     (tmp, i, o)
 }
 
-fn rgb8(w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> image::RgbImage {
+fn rgb8(w: u32, h: u32, mut f: impl FnMut(u32, u32) -> [u8; 3]) -> image::RgbImage {
     image::RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)))
 }
 
