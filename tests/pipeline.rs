@@ -1156,7 +1156,7 @@ fn a_stop_takes_effect_within_one_tile_batch_and_progress_moves_per_tile_batch()
         None,
         false,
     );
-    let s = spec(SPEC, &["runtime.batch_size=4"]);
+    let s = spec(SPEC, &["runtime.batch_size=4", "sampler.jacobian=identity"]);
     let cfg = TileConfig {
         tile_h: 16,
         tile_w: 16,

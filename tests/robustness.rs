@@ -732,6 +732,8 @@ fn broken_models_exit_2_before_any_work() {
         (
             model_copy(&tmp.path().join("m4"), "fmnist-ddpm", |c| {
                 c.replace("  vjp: denoiser_vjp.onnx\n", "")
+                    .replace("  forward_residuals: denoiser_residuals.onnx\n", "")
+                    .replace("  backward: denoiser_backward.onnx\n", "")
             }),
             &["--set", "sampler.jacobian=exact"],
             "jacobian: exact",

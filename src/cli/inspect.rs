@@ -81,7 +81,15 @@ pub fn inspect(dir: &Path) -> anyhow::Result<i32> {
             "  vjp graph        {}: x, t, cotangent[B,{c},{h},{w}] -> out, vjp",
             v.display()
         ),
+        None if card.graphs.has_vjp() => {}
         None => println!("  vjp graph        none (use jacobian: finite-difference or identity)"),
+    }
+    if let (Some(r), Some(b)) = (&card.graphs.forward_residuals, &card.graphs.backward) {
+        println!(
+            "  split vjp        {} (x, t -> out, residuals) + {} (residuals, cotangent -> vjp)",
+            r.display(),
+            b.display()
+        );
     }
     let loaded = model::load(dir, &RuntimeOptions::default())?;
     let net = loaded.denoiser;

@@ -13,8 +13,10 @@ pub fn validate(path: &Path, set: &[String]) -> Result<i32, Failure> {
     let spec = load_spec(path, set)?;
     spec.check_model_dir()?;
     let card = ModelCard::load(&spec.model)?;
-    pipeline::check_model(&spec, card.model_kind(), card.graphs.vjp.is_some())?;
+    pipeline::check_model(&spec, card.model_kind(), card.graphs.has_vjp())?;
     let info = ModelInfo::from_card(&card, &spec.model)?;
+    // What `run` refuses before reading an image (e.g. colorize with a 1-channel model).
+    conjure::imageio::color::check_channels(&spec, info.channels)?;
     let sampler = conjure::samplers::build(&spec.sampler_config(), &info.schedule)?;
     let evals = estimate::evaluations(&spec, &info, sampler.as_ref())?;
     if let Some(input) = &spec.io.input {

@@ -56,11 +56,13 @@ pub fn resample(plane: &Array2<f64>, h: usize, w: usize) -> Array2<f64> {
     }
     let buf: ImageBuffer<Luma<f32>, Vec<f32>> =
         ImageBuffer::from_fn(iw as u32, ih as u32, |x, y| {
-            Luma([plane[(y as usize, x as usize)] as f32])
+            // `resize` clamps f32 samples to [0, 1]; colour differences lie in [-1, 1], so they travel
+            // mapped onto [0, 1] and come back.
+            Luma([((plane[(y as usize, x as usize)] + 1.0) * 0.5) as f32])
         });
     let out = resize(&buf, w as u32, h as u32, FilterType::CatmullRom);
     Array2::from_shape_fn((h, w), |(i, j)| {
-        f64::from(out.get_pixel(j as u32, i as u32).0[0])
+        2.0 * f64::from(out.get_pixel(j as u32, i as u32).0[0]) - 1.0
     })
 }
 

@@ -308,7 +308,7 @@ pub(crate) fn encode_png(
     Ok(buf)
 }
 
-/// Encode a TIFF with the `tiff` crate: 1 (gray), 3 (RGB) or 4 (RGBA, unassociated alpha) channels,
+/// Encode a TIFF with the `tiff` crate: 1 (gray), 2 (gray + alpha, written as RGBA), 3 (RGB) or 4 (RGBA) channels,
 /// the input's compression and predictor (schemes the encoder cannot write — JPEG, CCITT, … — become
 /// LZW, which is lossless), resolution, mapped text, ICC and the note as `Software`.
 pub(crate) fn encode_tiff(
@@ -323,6 +323,15 @@ pub(crate) fn encode_tiff(
     let mut buf = Vec::new();
     let mut cur = Cursor::new(&mut buf);
     let r = match (samples, channels) {
+        // Gray + alpha has no TIFF colour type in the encoder: written as RGBA with equal colours.
+        (Samples::U8(s), 2) => {
+            let s: Vec<u8> = s.chunks(2).flat_map(|p| [p[0], p[0], p[0], p[1]]).collect();
+            write_tiff::<RGBA8>(&mut cur, w, h, &s, icc, meta)
+        }
+        (Samples::U16(s), 2) => {
+            let s: Vec<u16> = s.chunks(2).flat_map(|p| [p[0], p[0], p[0], p[1]]).collect();
+            write_tiff::<RGBA16>(&mut cur, w, h, &s, icc, meta)
+        }
         (Samples::U8(s), 1) => write_tiff::<Gray8>(&mut cur, w, h, s, icc, meta),
         (Samples::U8(s), 3) => write_tiff::<RGB8>(&mut cur, w, h, s, icc, meta),
         (Samples::U8(s), 4) => write_tiff::<RGBA8>(&mut cur, w, h, s, icc, meta),
@@ -355,7 +364,7 @@ where
     [C::Inner]: tiff::encoder::TiffValue,
 {
     use tiff::encoder::{Compression, DeflateLevel, TiffEncoder};
-    use tiff::tags::{ExtraSamples, Predictor, ResolutionUnit as Unit, Tag};
+    use tiff::tags::{Predictor, ResolutionUnit as Unit, Tag};
     let compression = match meta.tiff_compression {
         None | Some(1) => Compression::Uncompressed,
         Some(8) | Some(32946) => Compression::Deflate(DeflateLevel::Balanced),
@@ -370,9 +379,6 @@ where
         .with_compression(compression)
         .with_predictor(predictor);
     let mut im = enc.new_image::<C>(w, h)?;
-    if C::BITS_PER_SAMPLE.len() == 4 {
-        im.extra_samples(&[ExtraSamples::UnassociatedAlpha])?;
-    }
     if let Some(r) = meta.resolution {
         let (x, y, unit) = match r.unit {
             ResolutionUnit::None => (r.x, r.y, Unit::None),

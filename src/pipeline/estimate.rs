@@ -145,6 +145,11 @@ pub fn survey(items: &[InputItem], limit: usize) -> InputSurvey {
         let Some(((w, h), colour)) = header(&it.path) else {
             continue;
         };
+        // A declared size over the decoding limit is refused when the file is decoded (a bomb or a
+        // damaged header); planning tiles for it would allocate what decoding refuses.
+        if u64::from(w) * u64::from(h) > crate::imageio::MAX_PIXELS {
+            continue;
+        }
         s.read += 1;
         *s.sizes.entry((h as usize, w as usize)).or_default() += 1;
         if colour {

@@ -1238,7 +1238,7 @@ pub fn run(spec: &PipelineSpec, opts: &RunOptions) -> Result<RunSummary> {
         // model, which can take minutes (TensorRT engine builds).
         let card = ModelCard::load(&spec.model)?;
         let info = ModelInfo::from_card(&card, &spec.model)?;
-        check_model(spec, info.kind, card.graphs.vjp.is_some())?;
+        check_model(spec, info.kind, card.graphs.has_vjp())?;
         imageio::color::check_channels(spec, info.channels)?;
         let build = |d: &Degradation, shape: [usize; 3]| d.build(shape);
         let engine = Engine {

@@ -77,6 +77,9 @@ def state_dict_from_onnx(net, onnx_path):
     for key in net.state_dict():
         if "model." + key in init:
             state[key] = torch.from_numpy(init["model." + key].copy())
+        elif "model." + key + "__transposed" in init:
+            # The split-VJP export stores linear weights transposed (MatMul operand).
+            state[key] = torch.from_numpy(init["model." + key + "__transposed"].T.copy())
     for name, (w, b) in zip(names, affine):
         state[name + ".weight"] = torch.from_numpy(w.copy())
         state[name + ".bias"] = torch.from_numpy(b.copy())
