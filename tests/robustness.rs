@@ -334,8 +334,9 @@ fn hostile_inputs_fail_alone_and_name_their_problem() {
             "{}",
             rel.display()
         );
-        // The model is gray: colour inputs come back gray (Rec. 601 luma), alpha carried.
-        assert_eq!(got.color.dim().0, 1, "{}", rel.display());
+        // The model is gray: colour inputs have their luma restored and their colour carried back, so
+        // they come back in colour; alpha carried.
+        assert_eq!(got.color.dim().0, src.color.dim().0, "{}", rel.display());
         assert!(got.color.iter().all(|v| v.is_finite()));
     }
     assert_eq!(temps(&out), Vec::<PathBuf>::new());
