@@ -190,7 +190,7 @@ mod tests {
     }
 
     #[test]
-    fn vp_values_match_algorithms_md_1_2() {
+    fn vp_values_match_the_reference_values() {
         let vp = VpContinuous::default();
         assert!((vp.mu(1.0) - 0.006572).abs() < 5e-7);
         assert!((vp.mu(0.4) - 0.442197).abs() < 5e-7);
@@ -204,7 +204,7 @@ mod tests {
     }
 
     #[test]
-    fn ddpm_values_match_algorithms_md_1_3() {
+    fn ddpm_values_match_the_reference_values() {
         let d = DdpmDiscrete::linear(1e-4, 0.02, 1000).unwrap();
         assert_eq!(d.alpha(-1), 1.0);
         assert!((d.alpha(0) - 0.9999).abs() < 1e-15);
