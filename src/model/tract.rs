@@ -501,23 +501,7 @@ impl TractGraph {
         let outputs = plan.run(inputs).map_err(eng)?;
         self.out_pos
             .iter()
-            .map(|&k| {
-                let o = outputs.get(k).ok_or_else(|| Error::Engine {
-                    engine: "tract".into(),
-                    message: format!("{}: missing output #{k}", self.path.display()),
-                })?;
-                let view = o.to_plain_array_view::<f32>().map_err(eng)?;
-                let shape = view.shape().to_vec();
-                if shape.len() != 4 {
-                    return Err(Error::Shape(format!(
-                        "{}: output of shape {shape:?} (expected rank 4)",
-                        self.path.display()
-                    )));
-                }
-                let data: Vec<f32> = view.iter().copied().collect();
-                Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data)
-                    .map_err(|e| Error::Shape(e.to_string()))
-            })
+            .map(|&k| self.output4(&outputs, k))
             .collect()
     }
 }
