@@ -661,6 +661,17 @@ pub(crate) fn run_batched(
 /// backend ran; a VJP chunk that finds its entry runs only the backward graph and takes the entry out.
 /// At most `budget` bytes of residuals are kept: the oldest entries go first (a VJP that then misses runs
 /// forward-with-residuals again, so results never depend on the budget).
+/// Split-VJP chunks of this process whose VJP found its residuals kept (`.0`) or had to run
+/// forward-with-residuals again (`.1`), over every model (for `conjure bench`: a step whose VJP misses
+/// costs a forward more).
+pub fn residual_reuse() -> (usize, usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (RESIDUAL_HITS.load(Relaxed), RESIDUAL_MISSES.load(Relaxed))
+}
+
+static RESIDUAL_HITS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static RESIDUAL_MISSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 #[cfg_attr(not(any(feature = "tract", feature = "onnxruntime")), allow(dead_code))]
 pub(crate) struct ResidualCache<R> {
     entries: std::sync::Mutex<std::collections::VecDeque<Kept<R>>>,
@@ -719,8 +730,13 @@ impl<R> ResidualCache<R> {
 
     /// Take out the forward output and residuals kept for exactly this chunk (x, t), if any.
     pub fn take(&self, x: &Array4<f32>, t: &ndarray::Array1<f32>) -> Option<(Array4<f32>, R)> {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let i = e.iter().position(|k| k.t == *t && k.x == *x)?;
+        let Some(i) = e.iter().position(|k| k.t == *t && k.x == *x) else {
+            RESIDUAL_MISSES.fetch_add(1, Relaxed);
+            return None;
+        };
+        RESIDUAL_HITS.fetch_add(1, Relaxed);
         let k = e.remove(i)?;
         Some((k.out, k.residuals))
     }
