@@ -124,6 +124,13 @@ impl<'a> Network<'a> {
         }
     }
 
+    /// Said by a sampler that takes a VJP at the x of each of its forwards (C-ΠGDM, ΠGDM, DPS and their
+    /// flow forms) before its first step: forwards keep their residuals from the first one on, instead
+    /// of from the second step (the first VJP would otherwise run the forward again).
+    pub fn expect_vjps(&self) {
+        self.vjp_asked.store(true, Ordering::Relaxed);
+    }
+
     /// Check that the Jacobian mode can run on this denoiser.
     pub fn validate(&self) -> Result<()> {
         if self.jacobian == JacobianMode::Exact && !self.denoiser.has_vjp() {
@@ -781,6 +788,29 @@ mod tests {
             cot: ArrayView4<f64>,
         ) -> Result<(Array4<f64>, Array4<f64>)> {
             Ok((x.to_owned(), cot.to_owned()))
+        }
+    }
+
+    #[test]
+    fn a_sampler_that_expects_vjps_keeps_residuals_from_its_first_forward() {
+        let xs = vec![Img::zeros((1, 2, 2)); 2];
+        for (mode, kept) in [
+            (JacobianMode::Exact, 1),
+            (JacobianMode::FiniteDifference, 0),
+            (JacobianMode::Identity, 0),
+        ] {
+            let d = Counting::default();
+            let net = Network::new(
+                &d,
+                ModelKind::Diffusion,
+                Parameterization::Eps,
+                TimeInput::Unit,
+                mode,
+            );
+            net.expect_vjps();
+            net.raw(&xs, 0.5).unwrap();
+            assert_eq!(d.for_vjp.load(Ordering::Relaxed), kept, "{mode:?}");
+            assert_eq!(d.plain.load(Ordering::Relaxed), 1 - kept, "{mode:?}");
         }
     }
 

@@ -392,11 +392,9 @@ impl Denoiser for OrtDenoiser {
     fn engine(&self) -> String {
         let f = self.forward.providers.join("+");
         match self.providers().1 {
-            Some(v) if v != self.forward.providers => format!(
-                "onnxruntime {}/{f} (vjp: {})",
-                self.version,
-                v.join("+")
-            ),
+            Some(v) if v != self.forward.providers => {
+                format!("onnxruntime {}/{f} (vjp: {})", self.version, v.join("+"))
+            }
             _ => format!("onnxruntime {}/{f}", self.version),
         }
     }
