@@ -158,6 +158,8 @@ def conjure_cmd(args, conjure, work, batch):
             "--set", "sampler.end_time=%r" % END_TIME,
             "--set", "sampler.num_eps=%r" % NUM_EPS,
             "--set", "sampler.jacobian=exact",
+            # The official loop has no final data-consistency projection (conjure's default when σ_y = 0).
+            "--set", "task.data_consistency=false",
             "--set", "io.format=npy",
             "--set", "runtime.engine=onnxruntime",
             "--set", "runtime.providers=[cpu]",

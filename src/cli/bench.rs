@@ -191,6 +191,11 @@ pub struct BenchReport {
     pub run_forward_seconds_per_image: Option<f64>,
     /// The run's VJP seconds per image (`seconds.network_vjp / network_calls.vjp_images`).
     pub run_vjp_seconds_per_image: Option<f64>,
+    /// Split-VJP network calls whose VJP found the residuals its forward kept (a step costs forward +
+    /// backward) and those that ran forward-with-residuals again (a forward more); both 0 for models
+    /// without split graphs.
+    pub vjp_residuals_reused: usize,
+    pub vjp_residuals_recomputed: usize,
     /// Peak resident set size of the process (VmHWM), bytes; null where unavailable.
     pub peak_rss_bytes: Option<u64>,
 }
@@ -469,9 +474,11 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         rayon::current_num_threads()
     };
 
+    let reuse_before = conjure::model::residual_reuse();
     let t0 = Instant::now();
     let summary = pipeline::run_with(&spec, &opts, &engine)?;
     let total = t0.elapsed().as_secs_f64();
+    let reuse = conjure::model::residual_reuse();
 
     // One plain forward at the run's batch size, on the engine itself (not through the decorator).
     let t_mid = match engine.model.kind {
@@ -561,6 +568,8 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         step_over_forward: step.and_then(|s| ratio(s, forward_per_image)),
         run_forward_seconds_per_image: ratio(net.forward_seconds, net.forward_images as f64),
         run_vjp_seconds_per_image: ratio(net.vjp_seconds, net.vjp_images as f64),
+        vjp_residuals_reused: reuse.0 - reuse_before.0,
+        vjp_residuals_recomputed: reuse.1 - reuse_before.1,
     })
 }
 
@@ -636,6 +645,12 @@ pub fn render(r: &BenchReport) -> String {
         ms(r.run_forward_seconds_per_image),
         ms(r.run_vjp_seconds_per_image)
     );
+    if r.vjp_residuals_reused + r.vjp_residuals_recomputed > 0 {
+        o += &format!(
+            "         split vjp: {} calls reused the kept residuals, {} ran the forward again\n",
+            r.vjp_residuals_reused, r.vjp_residuals_recomputed
+        );
+    }
     o += &format!(
         "peak RSS {}\n",
         r.peak_rss_bytes

@@ -124,6 +124,13 @@ impl<'a> Network<'a> {
         }
     }
 
+    /// Said by a sampler that takes a VJP at the x of each of its forwards (C-ΠGDM, ΠGDM, DPS and their
+    /// flow forms) before its first step: forwards keep their residuals from the first one on, instead
+    /// of from the second step (the first VJP would otherwise run the forward again).
+    pub fn expect_vjps(&self) {
+        self.vjp_asked.store(true, Ordering::Relaxed);
+    }
+
     /// Check that the Jacobian mode can run on this denoiser.
     pub fn validate(&self) -> Result<()> {
         if self.jacobian == JacobianMode::Exact && !self.denoiser.has_vjp() {
@@ -661,6 +668,17 @@ pub(crate) fn run_batched(
 /// backend ran; a VJP chunk that finds its entry runs only the backward graph and takes the entry out.
 /// At most `budget` bytes of residuals are kept: the oldest entries go first (a VJP that then misses runs
 /// forward-with-residuals again, so results never depend on the budget).
+/// Split-VJP chunks of this process whose VJP found its residuals kept (`.0`) or had to run
+/// forward-with-residuals again (`.1`), over every model (for `conjure bench`: a step whose VJP misses
+/// costs a forward more).
+pub fn residual_reuse() -> (usize, usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (RESIDUAL_HITS.load(Relaxed), RESIDUAL_MISSES.load(Relaxed))
+}
+
+static RESIDUAL_HITS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static RESIDUAL_MISSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 #[cfg_attr(not(any(feature = "tract", feature = "onnxruntime")), allow(dead_code))]
 pub(crate) struct ResidualCache<R> {
     entries: std::sync::Mutex<std::collections::VecDeque<Kept<R>>>,
@@ -719,8 +737,13 @@ impl<R> ResidualCache<R> {
 
     /// Take out the forward output and residuals kept for exactly this chunk (x, t), if any.
     pub fn take(&self, x: &Array4<f32>, t: &ndarray::Array1<f32>) -> Option<(Array4<f32>, R)> {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let i = e.iter().position(|k| k.t == *t && k.x == *x)?;
+        let Some(i) = e.iter().position(|k| k.t == *t && k.x == *x) else {
+            RESIDUAL_MISSES.fetch_add(1, Relaxed);
+            return None;
+        };
+        RESIDUAL_HITS.fetch_add(1, Relaxed);
         let k = e.remove(i)?;
         Some((k.out, k.residuals))
     }
@@ -765,6 +788,29 @@ mod tests {
             cot: ArrayView4<f64>,
         ) -> Result<(Array4<f64>, Array4<f64>)> {
             Ok((x.to_owned(), cot.to_owned()))
+        }
+    }
+
+    #[test]
+    fn a_sampler_that_expects_vjps_keeps_residuals_from_its_first_forward() {
+        let xs = vec![Img::zeros((1, 2, 2)); 2];
+        for (mode, kept) in [
+            (JacobianMode::Exact, 1),
+            (JacobianMode::FiniteDifference, 0),
+            (JacobianMode::Identity, 0),
+        ] {
+            let d = Counting::default();
+            let net = Network::new(
+                &d,
+                ModelKind::Diffusion,
+                Parameterization::Eps,
+                TimeInput::Unit,
+                mode,
+            );
+            net.expect_vjps();
+            net.raw(&xs, 0.5).unwrap();
+            assert_eq!(d.for_vjp.load(Ordering::Relaxed), kept, "{mode:?}");
+            assert_eq!(d.plain.load(Ordering::Relaxed), 1 - kept, "{mode:?}");
         }
     }
 

@@ -58,10 +58,6 @@ impl TractDenoiser {
     /// Parse and check the card's graphs in `dir` (plans are built lazily, per batch size).
     pub fn load(dir: &Path, card: &ModelCard, opts: &RuntimeOptions) -> Result<Self> {
         let forward = TractGraph::open(&dir.join(&card.graphs.forward), GraphRole::Forward, card)?;
-        let vjp = match &card.graphs.vjp {
-            Some(g) => Some(TractGraph::open(&dir.join(g), GraphRole::Vjp, card)?),
-            None => None,
-        };
         let split = match card.graphs.split() {
             Some((f, b)) => {
                 let mut fres = TractGraph::open(&dir.join(f), GraphRole::ForwardResiduals, card)?;
@@ -72,6 +68,11 @@ impl TractDenoiser {
                 Some((fres, bwd))
             }
             None => None,
+        };
+        // The single VJP graph only when there is no split pair (vjp() would never run it).
+        let vjp = match (&card.graphs.vjp, &split) {
+            (Some(g), None) => Some(TractGraph::open(&dir.join(g), GraphRole::Vjp, card)?),
+            _ => None,
         };
         let img = &card.image;
         let threads = match opts.threads {

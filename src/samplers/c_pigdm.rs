@@ -474,6 +474,7 @@ impl Sampler for CPigdm {
     }
 
     fn sample(&self, net: &Network, problems: &mut [Problem]) -> Result<Vec<Img>> {
+        net.expect_vjps();
         check_batch(problems)?;
         if problems.is_empty() {
             return Ok(Vec::new());

@@ -425,6 +425,7 @@ impl Sampler for CPigfm {
     }
 
     fn sample(&self, net: &Network, problems: &mut [Problem]) -> Result<Vec<Img>> {
+        net.expect_vjps();
         let exact_noisy = self.params.noise == FlowNoise::Exact
             && self.params.jacobian_term == JacobianTerm::Derived;
         if exact_noisy && problems.iter().any(|p| p.sigma_y > 0.0) {

@@ -137,6 +137,7 @@ impl Sampler for Dps {
         self.grid.len()
     }
     fn sample(&self, net: &Network, problems: &mut [Problem]) -> Result<Vec<Img>> {
+        net.expect_vjps();
         if problems.is_empty() {
             return Ok(Vec::new());
         }

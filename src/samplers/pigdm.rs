@@ -275,6 +275,7 @@ impl Sampler for Pigdm {
     }
 
     fn sample(&self, net: &Network, problems: &mut [Problem]) -> Result<Vec<Img>> {
+        net.expect_vjps();
         check_batch(problems)?;
         if problems.is_empty() {
             return Ok(Vec::new());

@@ -149,6 +149,7 @@ impl Sampler for Pigfm {
     }
 
     fn sample(&self, net: &Network, problems: &mut [Problem]) -> Result<Vec<Img>> {
+        net.expect_vjps();
         check_flow_batch("pigfm", net, problems)?;
         if problems.is_empty() {
             return Ok(Vec::new());
