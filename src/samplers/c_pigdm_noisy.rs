@@ -50,13 +50,13 @@
 
 use ndarray::Zip;
 
-use super::c_pigdm::eps_then_vjp;
-use super::spectral::{RhoCache, SpectralMap};
-use super::{quad, Problem};
+use super::common::eps_then_vjp;
+use super::spectral::{step_phis, RhoCache, SpectralMap};
+use super::Problem;
 use crate::error::Result;
 use crate::model::Network;
-use crate::operators::Img;
 use crate::schedules::VpContinuous;
+use crate::tensor::Img;
 
 /// G(ρ, b) = ∫ β γ du from 0 (see the module doc): the noisy exponent per unit −½w.
 pub fn g_exponent(rho: f64, b: f64) -> f64 {
@@ -139,27 +139,17 @@ impl NoisyCPigdm {
         let f_y = |u: f64| -hb(u) * w * vp.mu(u) * self.gamma(rho, u) * a(u);
         let f_j = |u: f64| hb(u) * w * vp.mu(u) * vp.sigma(u) * a(u);
         let steps = self.t.len() - 1;
-        let mut c = RhoCoefficients {
+        let [phi_s, phi_y, phi_j] = step_phis(&self.t, rho, f_s, f_y, f_j)?;
+        Ok(RhoCoefficients {
             log_a: self.t.iter().map(|&u| self.log_a(rho, u)).collect(),
             gamma: self.t[..steps]
                 .iter()
                 .map(|&u| self.gamma(rho, u))
                 .collect(),
-            phi_s: Vec::with_capacity(steps),
-            phi_y: Vec::with_capacity(steps),
-            phi_j: Vec::with_capacity(steps),
-        };
-        for k in 0..steps {
-            let (ta, tb) = (self.t[k], self.t[k + 1]);
-            c.phi_s.push(quad::integrate(f_s, ta, tb)?);
-            c.phi_y.push(if rho.is_infinite() {
-                0.0
-            } else {
-                quad::integrate(f_y, ta, tb)?
-            });
-            c.phi_j.push(quad::integrate(f_j, ta, tb)?);
-        }
-        Ok(c)
+            phi_s,
+            phi_y,
+            phi_j,
+        })
     }
 
     /// Number of distinct ρ whose coefficients were computed so far.

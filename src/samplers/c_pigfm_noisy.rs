@@ -37,12 +37,12 @@
 
 use ndarray::Zip;
 
-use super::c_pigfm::velocity_jt;
-use super::spectral::{RhoCache, SpectralMap};
-use super::{quad, Problem};
+use super::common::velocity_jt;
+use super::spectral::{step_phis, RhoCache, SpectralMap};
+use super::Problem;
 use crate::error::Result;
 use crate::model::Network;
-use crate::operators::Img;
+use crate::tensor::Img;
 
 /// B(ρ, t) = ∫₀ᵗ u(1 − u) κ_ρ(u) du (module doc), in closed form.
 pub fn b_exponent(rho: f64, t: f64) -> f64 {
@@ -132,24 +132,14 @@ impl NoisyCPigfm {
         let f_y = |u: f64| a(u) * w * u * (1.0 - u) * kappa(rho, u);
         let f_j = |u: f64| a(u) * w * u * (1.0 - u).powi(2);
         let steps = self.grid.len() - 1;
-        let mut c = RhoCoefficients {
+        let [phi_v, phi_y, phi_j] = step_phis(&self.grid, rho, f_v, f_y, f_j)?;
+        Ok(RhoCoefficients {
             log_a: self.grid.iter().map(|&u| self.log_a(rho, u)).collect(),
             kappa: self.grid[..steps].iter().map(|&u| kappa(rho, u)).collect(),
-            phi_v: Vec::with_capacity(steps),
-            phi_y: Vec::with_capacity(steps),
-            phi_j: Vec::with_capacity(steps),
-        };
-        for i in 0..steps {
-            let (t0, t1) = (self.grid[i], self.grid[i + 1]);
-            c.phi_v.push(quad::integrate(f_v, t0, t1)?);
-            c.phi_y.push(if rho.is_infinite() {
-                0.0
-            } else {
-                quad::integrate(f_y, t0, t1)?
-            });
-            c.phi_j.push(quad::integrate(f_j, t0, t1)?);
-        }
-        Ok(c)
+            phi_v,
+            phi_y,
+            phi_j,
+        })
     }
 
     /// Number of distinct ρ whose coefficients were computed so far.

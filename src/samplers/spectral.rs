@@ -11,8 +11,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::quad;
 use crate::error::Result;
-use crate::operators::{Img, LinearOperator};
+use crate::operators::LinearOperator;
+use crate::tensor::Img;
 
 /// ρ = σ_y²/s² of one spectral coordinate: ∞ off the row space (s = 0), 0 on it when σ_y = 0.
 pub fn rho(sigma_y: f64, s: f64) -> f64 {
@@ -21,6 +23,35 @@ pub fn rho(sigma_y: f64, s: f64) -> f64 {
     } else {
         sigma_y * sigma_y / (s * s)
     }
+}
+
+/// The three ΔΦ's of each step [t_k, t_{k+1}] of `grid` for one ρ, by quadrature of the integrands of the
+/// model term (`f_own`: ε̂ or v̂), the measurement term (`f_y`) and the Jacobian term (`f_j`). The
+/// measurement term is 0 off the row space (ρ = ∞), where H†y has no component.
+pub fn step_phis(
+    grid: &[f64],
+    rho: f64,
+    f_own: impl Fn(f64) -> f64,
+    f_y: impl Fn(f64) -> f64,
+    f_j: impl Fn(f64) -> f64,
+) -> Result<[Vec<f64>; 3]> {
+    let steps = grid.len() - 1;
+    let mut phis = [
+        Vec::with_capacity(steps),
+        Vec::with_capacity(steps),
+        Vec::with_capacity(steps),
+    ];
+    for k in 0..steps {
+        let (ta, tb) = (grid[k], grid[k + 1]);
+        phis[0].push(quad::integrate(&f_own, ta, tb)?);
+        phis[1].push(if rho.is_infinite() {
+            0.0
+        } else {
+            quad::integrate(&f_y, ta, tb)?
+        });
+        phis[2].push(quad::integrate(&f_j, ta, tb)?);
+    }
+    Ok(phis)
 }
 
 /// A problem's spectral coordinates grouped by their ρ.
