@@ -51,7 +51,7 @@
 use ndarray::Zip;
 
 use super::common::eps_then_vjp;
-use super::spectral::{step_phis, RhoCache, SpectralMap};
+use super::spectral::{advance, step_phis, RhoCache, SpectralMap, StepTable};
 use super::Problem;
 use crate::error::Result;
 use crate::model::Network;
@@ -81,6 +81,15 @@ pub struct RhoCoefficients {
     pub phi_s: Vec<f64>,
     pub phi_y: Vec<f64>,
     pub phi_j: Vec<f64>,
+}
+
+impl StepTable for RhoCoefficients {
+    fn phis(&self, k: usize) -> [f64; 3] {
+        [self.phi_s[k], self.phi_y[k], self.phi_j[k]]
+    }
+    fn log_a_next(&self, k: usize) -> f64 {
+        self.log_a[k + 1]
+    }
 }
 
 /// The exact noisy conjugate integrator on a fixed grid.
@@ -211,29 +220,10 @@ impl NoisyCPigdm {
                     op.v(&c)
                 },
             )?;
+            let decay = 1.0 - self.lambda * ds;
             for (i, (s, (e, g))) in st.iter_mut().zip(eps.iter().zip(&g)).enumerate() {
                 let op = problems[i].op.as_ref();
-                let shape = op.x_shape();
-                let coef = |f: fn(&RhoCoefficients, usize) -> f64| s.map.fill(&shape, |c| f(c, k));
-                let (phi_s, phi_y, phi_j) = (
-                    coef(|c, k| c.phi_s[k]),
-                    coef(|c, k| c.phi_y[k]),
-                    coef(|c, k| c.phi_j[k]),
-                );
-                let (ve, vg) = (op.vt(e), op.vt(g));
-                let decay = 1.0 - self.lambda * ds;
-                Zip::from(&mut s.xbar)
-                    .and(&phi_s)
-                    .and(&ve)
-                    .and(&phi_y)
-                    .and(&s.yhat)
-                    .for_each(|xb, &ps, &e, &py, &y| *xb = decay * *xb + ps * e + py * y);
-                Zip::from(&mut s.xbar)
-                    .and(&phi_j)
-                    .and(&vg)
-                    .for_each(|xb, &pj, &g| *xb += pj * g);
-                let inv_a = s.map.fill(&shape, |c| (-c.log_a[k + 1]).exp());
-                xs[i] = op.v(&(&s.xbar * &inv_a));
+                xs[i] = advance(&s.map, op, k, decay, &mut s.xbar, &s.yhat, e, g);
             }
         }
         Ok(xs)

@@ -38,7 +38,7 @@
 use ndarray::Zip;
 
 use super::common::velocity_jt;
-use super::spectral::{step_phis, RhoCache, SpectralMap};
+use super::spectral::{advance, step_phis, RhoCache, SpectralMap, StepTable};
 use super::Problem;
 use crate::error::Result;
 use crate::model::Network;
@@ -91,6 +91,15 @@ pub struct RhoCoefficients {
     pub phi_v: Vec<f64>,
     pub phi_y: Vec<f64>,
     pub phi_j: Vec<f64>,
+}
+
+impl StepTable for RhoCoefficients {
+    fn phis(&self, i: usize) -> [f64; 3] {
+        [self.phi_v[i], self.phi_y[i], self.phi_j[i]]
+    }
+    fn log_a_next(&self, i: usize) -> f64 {
+        self.log_a[i + 1]
+    }
 }
 
 /// The exact noisy C-ΠGFM integrator on a fixed grid (derived Jacobian term).
@@ -195,29 +204,10 @@ impl NoisyCPigfm {
                 })
                 .collect();
             let gs = velocity_jt(net, &xs, t, &ms)?;
+            let decay = 1.0 + self.lambda * delta;
             for (k, s) in states.iter_mut().enumerate() {
                 let op = problems[k].op.as_ref();
-                let shape = op.x_shape();
-                let coef = |f: fn(&RhoCoefficients, usize) -> f64| s.map.fill(&shape, |c| f(c, i));
-                let (phi_v, phi_y, phi_j) = (
-                    coef(|c, i| c.phi_v[i]),
-                    coef(|c, i| c.phi_y[i]),
-                    coef(|c, i| c.phi_j[i]),
-                );
-                let (vv, vg) = (op.vt(&vs[k]), op.vt(&gs[k]));
-                let decay = 1.0 + self.lambda * delta;
-                Zip::from(&mut s.xbar)
-                    .and(&phi_v)
-                    .and(&vv)
-                    .and(&phi_y)
-                    .and(&s.yhat)
-                    .for_each(|xb, &pv, &v, &py, &y| *xb = decay * *xb + pv * v + py * y);
-                Zip::from(&mut s.xbar)
-                    .and(&phi_j)
-                    .and(&vg)
-                    .for_each(|xb, &pj, &g| *xb += pj * g);
-                let inv_a = s.map.fill(&shape, |c| (-c.log_a[i + 1]).exp());
-                xs[k] = op.v(&(&s.xbar * &inv_a));
+                xs[k] = advance(&s.map, op, i, decay, &mut s.xbar, &s.yhat, &vs[k], &gs[k]);
             }
         }
         Ok(xs)

@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use ndarray::Zip;
+
 use super::quad;
 use crate::error::Result;
 use crate::operators::LinearOperator;
@@ -52,6 +54,44 @@ pub fn step_phis(
         phis[2].push(quad::integrate(&f_j, ta, tb)?);
     }
     Ok(phis)
+}
+
+/// What a noisy integrator's per-ρ table gives one step k: its three ΔΦ's (model term, measurement term,
+/// Jacobian term) and ln a(t_{k+1}).
+pub trait StepTable {
+    fn phis(&self, k: usize) -> [f64; 3];
+    fn log_a_next(&self, k: usize) -> f64;
+}
+
+/// One step of a noisy integrator in the spectral basis, for one problem: x̄ ← decay·x̄ + ΔΦ_own ⊙ Vᵀown
+/// + ΔΦ_y ⊙ ŷ + ΔΦ_j ⊙ Vᵀg, each coordinate with its own ρ's table; returns x = V(x̄ / a(t_{k+1})).
+#[allow(clippy::too_many_arguments)]
+pub fn advance<T: StepTable>(
+    map: &SpectralMap<T>,
+    op: &dyn LinearOperator,
+    k: usize,
+    decay: f64,
+    xbar: &mut Img,
+    yhat: &Img,
+    own: &Img,
+    g: &Img,
+) -> Img {
+    let shape = op.x_shape();
+    let coef = |i: usize| map.fill(&shape, |c| c.phis(k)[i]);
+    let (phi_own, phi_y, phi_j) = (coef(0), coef(1), coef(2));
+    let (vo, vg) = (op.vt(own), op.vt(g));
+    Zip::from(&mut *xbar)
+        .and(&phi_own)
+        .and(&vo)
+        .and(&phi_y)
+        .and(yhat)
+        .for_each(|xb, &po, &o, &py, &y| *xb = decay * *xb + po * o + py * y);
+    Zip::from(&mut *xbar)
+        .and(&phi_j)
+        .and(&vg)
+        .for_each(|xb, &pj, &g| *xb += pj * g);
+    let inv_a = map.fill(&shape, |c| (-c.log_a_next(k)).exp());
+    op.v(&(&*xbar * &inv_a))
 }
 
 /// A problem's spectral coordinates grouped by their ρ.
