@@ -49,7 +49,7 @@ fn samplers(steps: usize) -> Vec<(&'static str, SamplerConfig, f64)> {
     let cfg = |name: SamplerName, variant: Option<&str>| {
         let mut c = SamplerConfig::new(name);
         c.steps = Some(steps);
-        c.variant = variant.map(str::to_string);
+        c.variant = variant.map(|v| v.parse().unwrap());
         c
     };
     vec![
@@ -231,7 +231,7 @@ fn setup_benches(c: &mut Criterion<CpuTime>) {
     for (label, name, variant, steps, sched) in cases {
         let mut cfg = SamplerConfig::new(name);
         cfg.steps = Some(steps);
-        cfg.variant = variant.map(str::to_string);
+        cfg.variant = variant.map(|v| v.parse().unwrap());
         g.bench_function(BenchmarkId::new(label, format!("K{steps}")), |b| {
             b.iter(|| build(black_box(&cfg), sched).expect("sampler"))
         });

@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 
 use conjure::imageio::{self, EncodeOptions, FileFormat};
-use conjure::model::{EngineChoice, JacobianMode, Provider};
+use conjure::model::{EngineChoice, Provider};
 use conjure::samplers::{self, ModelSchedule};
 use conjure::spec::{
     BitDepth, MaskSpec, OperatorKind, OutputFormat, Override, PipelineSpec, Side, TileSize,
@@ -229,15 +229,10 @@ pub fn render(spec: &PipelineSpec) -> (String, Vec<String>) {
             y.push_str(&format!("  {key}: {}\n", float(v)));
         }
     }
-    if let Some(v) = &c.variant {
-        y.push_str(&format!("  variant: {}\n", quote(v)));
+    if let Some(v) = c.variant {
+        y.push_str(&format!("  variant: {}\n", quote(v.as_str())));
     }
-    let jacobian = match c.jacobian {
-        JacobianMode::Exact => "exact",
-        JacobianMode::FiniteDifference => "finite-difference",
-        JacobianMode::Identity => "identity",
-    };
-    y.push_str(&format!("  jacobian: {jacobian}\n"));
+    y.push_str(&format!("  jacobian: {}\n", c.jacobian));
     if let Some(p) = &spec.sampler.init_noise {
         path(&mut y, "  ", "init_noise", "sampler.init_noise", p);
     }

@@ -30,11 +30,13 @@ pub mod error;
 pub mod imageio;
 pub mod metrics;
 pub mod model;
+mod names;
 pub mod operators;
 pub mod pipeline;
 pub mod samplers;
 pub mod schedules;
 pub mod spec;
 pub mod study;
+pub mod tensor;
 
 pub use error::{Error, Result};

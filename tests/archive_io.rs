@@ -5,8 +5,8 @@
 //! Pipeline tests run the real pipeline and operators with the `pinv` sampler (H†y, no network calls) and
 //! an injected engine; the rest run the binary.
 
-#[path = "common/cli.rs"]
-mod cli;
+mod common;
+use common::cli;
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};

@@ -2,16 +2,16 @@
 //! property, first-order convergence to its own ODE on Gaussian toys, stability, the noisy transform's
 //! inverse, and batch independence.
 
-mod cpigdm_support;
+mod common;
 
 use std::sync::Mutex;
 
+use common::cpigdm::*;
 use conjure::operators::{Img, OperatorRef};
 use conjure::samplers::c_pigdm::CPigdm;
 use conjure::samplers::ddim::lambda_ddim;
 use conjure::samplers::{Problem, Sampler, SamplerConfig, SamplerName};
 use conjure::schedules::TimeInput;
-use cpigdm_support::*;
 
 const SHAPE: [usize; 3] = [1, 2, 3];
 
@@ -265,7 +265,7 @@ fn phi_s1_equals_continuous_pigdm_phi() {
             eps_n,
         ));
         let mut cfg = config(SamplerName::Pigdm, 7, 9.0, lambda, 0.7, 0.001, eps_n);
-        cfg.variant = Some("continuous".into());
+        cfg.variant = Some("continuous".parse().unwrap());
         let p = Pigdm::from_config(&cfg, &sched()).unwrap();
         let phis = p.continuous_phis().unwrap();
         assert_eq!(phis.len(), 7);
@@ -416,7 +416,7 @@ fn noisy_inverse_ratio_matches_its_definition() {
     let eps_n = 1e-6;
     for (w, tau, sy) in [(15.0, 0.4, 0.05), (2.0, 0.1, 0.01)] {
         let mut cfg = config(SamplerName::CPigdm, 5, w, 0.0, tau, 0.001, eps_n);
-        cfg.variant = Some("official".into());
+        cfg.variant = Some("official".parse().unwrap());
         let s = cpigdm(&cfg);
         let want = s
             .times()
@@ -565,7 +565,7 @@ fn official_variant_with_zero_noise_equals_noiseless_and_noisy_differs() {
     let z = randn(SHAPE, 51);
     let run = |variant: &str, sigma_y: f64| {
         let mut cfg = SamplerConfig::new(SamplerName::CPigdm);
-        cfg.variant = Some(variant.into());
+        cfg.variant = Some(variant.parse().unwrap());
         let s = cpigdm(&cfg);
         let y = op.forward(&x_true);
         let mut p = [Problem::new(op.clone(), y, sigma_y, 0)
@@ -601,8 +601,13 @@ fn bad_settings_are_rejected() {
     c.end_time = Some(0.5);
     assert!(CPigdm::from_config(&c, &s).is_err());
     let mut c = SamplerConfig::new(SamplerName::CPigdm);
-    c.variant = Some("loud".into());
+    c.variant = Some("discrete".parse().unwrap());
     let e = CPigdm::from_config(&c, &s).unwrap_err().to_string();
+    assert!(e.contains("discrete") && e.contains("noisy"), "{e}");
+    let e = "loud"
+        .parse::<conjure::samplers::SamplerVariant>()
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("loud") && e.contains("noisy"), "{e}");
     assert!(CPigdm::from_config(
         &SamplerConfig::new(SamplerName::CPigdm),

@@ -3,15 +3,15 @@
 //! sampler's at σ_y = 0, first-order convergence to the noisy ΠGDM ODE built from dense matrices
 //! (Hᵀ(σ_t² HHᵀ + σ_y² I)⁻¹, RK4 reference), the σ_y → 0 and σ_y → ∞ limits, and batch independence.
 
-mod cpigdm_support;
+mod common;
 
+use common::cpigdm::*;
 use conjure::model::Denoiser;
 use conjure::operators::{Degradation, Img, LinearOperator, OperatorRef, DEFAULT_SVD_THRESHOLD};
 use conjure::samplers::c_pigdm::CPigdm;
 use conjure::samplers::c_pigdm_noisy::g_exponent;
 use conjure::samplers::{Problem, Sampler, SamplerConfig, SamplerName};
 use conjure::schedules::TimeInput;
-use cpigdm_support::*;
 use nalgebra::{DMatrix, DVector};
 
 fn cpigdm(cfg: &SamplerConfig) -> CPigdm {
@@ -19,7 +19,7 @@ fn cpigdm(cfg: &SamplerConfig) -> CPigdm {
 }
 
 fn with_variant(mut c: SamplerConfig, v: &str) -> SamplerConfig {
-    c.variant = Some(v.into());
+    c.variant = Some(v.parse().unwrap());
     c
 }
 

@@ -3,8 +3,8 @@
 //! (§14.2 item 8), first-order convergence to the §9.1 ODE on a Gaussian toy (§14.3 item 5, RK4 reference
 //! from closed-form velocities), data consistency, and batch independence.
 
-#[path = "common/numeric.rs"]
-mod numeric;
+mod common;
+use common::numeric;
 
 use std::sync::{Arc, Mutex};
 
@@ -545,7 +545,7 @@ fn config_defaults_and_variants() {
     assert_eq!(samplers::build(&cfg, &flow).unwrap().nfe(), 5);
 
     let mut cfg = SamplerConfig::new(SamplerName::CPigfm);
-    cfg.variant = Some("official".into());
+    cfg.variant = Some("official".parse().unwrap());
     cfg.steps = Some(10);
     cfg.guidance = Some(3.0);
     cfg.lambda = Some(0.0);
@@ -571,7 +571,7 @@ fn config_errors_name_the_value() {
     assert!(err(&|c| c.start_time = Some(1.0)).contains("start_time 1"));
     assert!(err(&|c| c.guidance = Some(f64::NAN)).contains("guidance"));
     assert!(err(&|c| c.guidance = Some(-1.0)).contains("guidance -1"));
-    assert!(err(&|c| c.variant = Some("fast".into())).contains("fast"));
+    assert!(err(&|c| c.variant = Some("discrete".parse().unwrap())).contains("discrete"));
     assert!(err(&|c| c.eta = Some(0.5)).contains("eta 0.5"));
     assert!(err(&|c| c.end_time = Some(0.9)).contains("end_time"));
     let diffusion = ModelSchedule::ddpm_linear_default();

@@ -3,8 +3,8 @@
 //! first-order convergence to the noisy flow ODE built from dense matrices (RK4 reference), and the
 //! σ_y → 0 limit.
 
-#[path = "common/numeric.rs"]
-mod numeric;
+mod common;
+use common::numeric;
 
 use std::sync::Arc;
 
@@ -37,7 +37,7 @@ fn sampler(steps: usize, w: f64, lambda: f64, st: f64, variant: &str) -> CPigfm 
     c.guidance = Some(w);
     c.lambda = Some(lambda);
     c.start_time = Some(st);
-    c.variant = Some(variant.into());
+    c.variant = Some(variant.parse().unwrap());
     CPigfm::from_config(&c, &ModelSchedule::Flow).unwrap()
 }
 

@@ -3,8 +3,8 @@
 //! evaluation count, the overhead formula), the temporary inputs/outputs are removed, and the text report
 //! is printed. No timing assertions: only relations that hold whatever the machine's speed.
 
-#[path = "common/cli.rs"]
-mod cli;
+mod common;
+use common::cli;
 
 use cli::{bin, root};
 

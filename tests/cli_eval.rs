@@ -1,15 +1,12 @@
 //! `conjure eval` end to end on temporary directories: pairing by relative path across extensions, the
 //! per-image numbers against an independent computation, missing/unmatched files, exit status, JSON and
-//! the plot. The command's own function is compiled into this test from src/cli/eval.rs (the binary's
-//! module), so the test does not depend on how `main` wires it.
+//! the plot. Runs the binary (`conjure eval`), as a user does.
 
-#[path = "../src/cli/eval.rs"]
-#[allow(dead_code)]
-mod eval;
+mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use eval::{eval, EvalArgs};
+use common::cli;
 use image::{GrayImage, Luma};
 
 const H: u32 = 32;
@@ -44,6 +41,17 @@ fn psnr_u8(a: &GrayImage, b: &GrayImage) -> f64 {
     10.0 * (255.0f64 * 255.0 / mse).log10()
 }
 
+/// The options of one `conjure eval` command line.
+struct EvalArgs {
+    reference: PathBuf,
+    restored: PathBuf,
+    json: Option<PathBuf>,
+    plot: Option<PathBuf>,
+    measurements: Option<PathBuf>,
+    operator: Option<String>,
+    npy_range: String,
+}
+
 fn args(reference: &Path, restored: &Path) -> EvalArgs {
     EvalArgs {
         reference: reference.to_path_buf(),
@@ -52,9 +60,38 @@ fn args(reference: &Path, restored: &Path) -> EvalArgs {
         plot: None,
         measurements: None,
         operator: None,
-        plot_rows: 8,
         npy_range: "-1:1".into(),
-        quiet: true,
+    }
+}
+
+/// Run `conjure eval --quiet` with `a`: the exit status (0 all scored, 1 some missing or failed), or
+/// stderr when the command failed as a whole (exit status 2).
+fn eval(a: &EvalArgs) -> Result<i32, String> {
+    let mut c = cli::conjure();
+    c.arg("eval")
+        .arg("--reference")
+        .arg(&a.reference)
+        .arg("--restored")
+        .arg(&a.restored)
+        .arg(format!("--npy-range={}", a.npy_range))
+        .arg("--quiet");
+    for (flag, v) in [
+        ("--json", &a.json),
+        ("--plot", &a.plot),
+        ("--measurements", &a.measurements),
+    ] {
+        if let Some(v) = v {
+            c.arg(flag).arg(v);
+        }
+    }
+    if let Some(op) = &a.operator {
+        c.arg("--operator").arg(op);
+    }
+    let out = c.output().expect("conjure runs");
+    match out.status.code() {
+        Some(code @ (0 | 1)) => Ok(code),
+        Some(2) => Err(cli::stderr(&out)),
+        other => panic!("exit status {other:?}: {}", cli::stderr(&out)),
     }
 }
 

@@ -2,8 +2,8 @@
 //! a corrupt input fails alone (exit 1), a killed run resumes to identical outputs, outputs do not depend
 //! on batch size or thread count, 16-bit and ICC are carried.
 
-#[path = "common/cli.rs"]
-mod cli;
+mod common;
+use common::cli;
 
 use cli::{bin, conjure, files, root, spec, stderr};
 

@@ -1,8 +1,8 @@
 //! `conjure validate` and the CLI's error paths: exit 2 with `file:line:col`, suggestions for unknown keys,
 //! `--set` overrides, usage errors — and every shipped spec validating against its model.
 
-#[path = "common/cli.rs"]
-mod cli;
+mod common;
+use common::cli;
 
 use cli::{conjure, stderr};
 

@@ -1,17 +1,17 @@
 //! Unconditional DDIM (docs/samplers.md §8.5): the deterministic recursion against its Gaussian closed form,
 //! convergence to the exact probability-flow transport, the η > 0 sample moments, and that y is ignored.
 
-mod cpigdm_support;
+mod common;
 
 use std::sync::Arc;
 
+use common::cpigdm::*;
 use conjure::model::analytic::{GaussianDiffusion, GaussianPrior, IdentityBasis, NoiseLevel};
 use conjure::model::Parameterization;
 use conjure::operators::Img;
 use conjure::samplers::ddim::{ddim_coefficients, Ddim};
 use conjure::samplers::{Problem, Sampler, SamplerConfig, SamplerName};
 use conjure::schedules::{DdpmDiscrete, TimeInput};
-use cpigdm_support::*;
 
 const SHAPE: [usize; 3] = [1, 2, 3];
 const MEAN: [f64; 6] = [0.3, -0.2, 0.5, 0.1, -0.4, 0.2];

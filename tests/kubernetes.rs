@@ -4,8 +4,8 @@
 //! variables are usage errors; and `examples/kubernetes/indexed-job.yaml` passes a kubectl-free schema
 //! check (parsed as YAML, the fields an Indexed Job of conjure shards needs checked against each other).
 
-#[path = "common/cli.rs"]
-mod cli;
+mod common;
+use common::cli;
 
 use cli::{bin, root, stderr};
 

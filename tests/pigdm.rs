@@ -2,19 +2,19 @@
 //! λ-DDIM, the inpainting start, first-order convergence to its own ODE, its instability where C-ΠGDM is
 //! stable, closed-form discrete steps on a Gaussian toy, and batch independence.
 
-mod cpigdm_support;
+mod common;
 
 use std::sync::{Arc, Mutex};
 
+use common::cpigdm::*;
 use conjure::model::analytic::{GaussianDiffusion, GaussianPrior, IdentityBasis, NoiseLevel};
 use conjure::model::Parameterization;
-use conjure::operators::{Diagonal, Img, LinearOperator, OperatorRef};
+use conjure::operators::{Diagonal, Img, LinearOperator, OperatorKind, OperatorRef};
 use conjure::samplers::c_pigdm::CPigdm;
 use conjure::samplers::ddim::lambda_ddim;
 use conjure::samplers::pigdm::Pigdm;
 use conjure::samplers::{Problem, Sampler, SamplerConfig, SamplerName};
 use conjure::schedules::{DdpmDiscrete, TimeInput};
-use cpigdm_support::*;
 
 const SHAPE: [usize; 3] = [1, 2, 3];
 const S: [f64; 6] = [1.0, 0.0, 0.5, 1.0, 2.0, 0.0];
@@ -33,6 +33,9 @@ impl TestInpaint {
 impl LinearOperator for TestInpaint {
     fn name(&self) -> &'static str {
         "inpaint"
+    }
+    fn kind(&self) -> Option<OperatorKind> {
+        Some(OperatorKind::Inpaint)
     }
     fn x_shape(&self) -> [usize; 3] {
         self.0.x_shape()
@@ -59,13 +62,13 @@ impl LinearOperator for TestInpaint {
 
 fn continuous(steps: usize, w: f64, lambda: f64, tau: f64, eps_n: f64) -> Pigdm {
     let mut c = config(SamplerName::Pigdm, steps, w, lambda, tau, 0.001, eps_n);
-    c.variant = Some("continuous".into());
+    c.variant = Some("continuous".parse().unwrap());
     Pigdm::from_config(&c, &sched()).unwrap()
 }
 
 fn discrete(steps: usize, w: f64, eta: f64) -> Pigdm {
     let mut c = SamplerConfig::new(SamplerName::Pigdm);
-    c.variant = Some("discrete".into());
+    c.variant = Some("discrete".parse().unwrap());
     c.steps = Some(steps);
     c.guidance = Some(w);
     c.eta = Some(eta);
@@ -95,10 +98,10 @@ fn defaults_and_variants() {
     assert_eq!(d.nfe(), 20);
     assert!(d.times().is_none() && d.continuous_phis().is_none());
     let mut c = SamplerConfig::new(SamplerName::Pigdm);
-    c.variant = Some("ddim".into());
+    c.variant = Some("noisy".parse().unwrap());
     let e = Pigdm::from_config(&c, &sched()).err().unwrap().to_string();
-    assert!(e.contains("ddim") && e.contains("continuous"), "{e}");
-    c.variant = Some("discrete".into());
+    assert!(e.contains("noisy") && e.contains("continuous"), "{e}");
+    c.variant = Some("discrete".parse().unwrap());
     c.eta = Some(1.5);
     assert!(Pigdm::from_config(&c, &sched()).is_err());
 }

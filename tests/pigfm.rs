@@ -2,8 +2,8 @@
 //! step with frozen network outputs, first-order convergence to its own ODE on a Gaussian toy (RK4
 //! reference from closed-form velocities), batch independence, and its configuration.
 
-#[path = "common/numeric.rs"]
-mod numeric;
+mod common;
+use common::numeric;
 
 use std::sync::{Arc, Mutex};
 
@@ -314,7 +314,7 @@ fn config_defaults_and_errors() {
     assert!(err(&|c| c.steps = Some(0)).contains("steps 0"));
     assert!(err(&|c| c.start_time = Some(1.5)).contains("start_time 1.5"));
     assert!(err(&|c| c.lambda = Some(0.2)).contains("lambda 0.2"));
-    assert!(err(&|c| c.variant = Some("official".into())).contains("official"));
+    assert!(err(&|c| c.variant = Some("official".parse().unwrap())).contains("official"));
     assert!(err(&|c| c.num_eps = Some(1e-6)).contains("num_eps"));
     let mut cfg = SamplerConfig::new(SamplerName::Pigfm);
     cfg.lambda = Some(0.0);

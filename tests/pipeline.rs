@@ -1252,3 +1252,36 @@ fn unsupported_image_formats_are_counted_not_ignored() {
     );
     assert_eq!((a.unsupported.len(), b.unsupported.len()), (3, 0));
 }
+
+#[test]
+fn a_rerun_into_a_folder_whose_manifest_has_the_legacy_settings_hash_resumes() {
+    // Manifests written before the canonical settings hash carry the `Debug`-based one; this is the value
+    // that version wrote for SPEC (printed by it), so such folders still resume instead of being refused.
+    const LEGACY: &str = "f6caf039869d8b88b16d6c30573a39b421e1a8ddf4cf7c9a374473ccfd4e7f91";
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    make_inputs(&input);
+    let out = tmp.path().join("out");
+    let opts = RunOptions {
+        input: Some(input.clone()),
+        output: Some(out.clone()),
+        ..Default::default()
+    };
+    let first = spec(SPEC, &[]);
+    assert_ne!(first.settings_hash(), LEGACY);
+    assert_eq!(try_run(&first, opts.clone()).unwrap().restored, 20);
+    // Rewrite the manifest as the earlier version wrote it.
+    let manifest = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".jsonl"))
+        .unwrap();
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains(&first.settings_hash()));
+    std::fs::write(&manifest, text.replace(&first.settings_hash(), LEGACY)).unwrap();
+    assert_eq!(try_run(&first, opts.clone()).unwrap().skipped, 20);
+    // Other settings are still refused, naming the legacy hash the folder carries.
+    let other = spec(SPEC, &["sampler.steps=10"]);
+    let e = try_run(&other, opts).unwrap_err().to_string();
+    assert!(e.contains(LEGACY), "{e}");
+}

@@ -9,8 +9,8 @@
 //! machine does not give (a tmpfs mount; permission bits, which root ignores) are skipped with a notice
 //! on stderr.
 
-#[path = "common/cli.rs"]
-mod cli;
+mod common;
+use common::cli;
 
 use cli::{bin, conjure, files, root, spec, stderr};
 

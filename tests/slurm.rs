@@ -16,8 +16,8 @@
 //! It needs root (the daemons) and Slurm or apt-get; without them it prints a notice and passes, unless
 //! `CONJURE_REQUIRE_SLURM=1` (CI) makes that a failure.
 
-#[path = "common/cli.rs"]
-mod cli;
+mod common;
+use common::cli;
 
 use cli::{bin, root};
 

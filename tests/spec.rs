@@ -265,7 +265,10 @@ fn overrides_apply_before_validation_with_yaml_types() {
     )
     .unwrap();
     assert_eq!(s.sampler.config.steps, Some(12));
-    assert_eq!(s.sampler.config.variant.as_deref(), Some("noisy"));
+    assert_eq!(
+        s.sampler.config.variant.map(|v| v.to_string()).as_deref(),
+        Some("noisy")
+    );
     assert_eq!(s.runtime.providers, vec![Provider::Cpu]);
     assert!(s.io.skip_existing);
     // Command-line paths are relative to the working directory, not the spec.

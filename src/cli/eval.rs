@@ -16,8 +16,10 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use conjure::metrics::eval::{evaluate, parse_operator, EvalOptions, EvalReport};
+use conjure::metrics::eval::{evaluate, load, EvalOptions, EvalReport};
 use conjure::metrics::plot::plot;
+use conjure::operators::Degradation;
+use conjure::spec::{MaskSpec, TaskSpec};
 
 /// Arguments of `conjure eval`.
 #[derive(Debug, Clone, clap::Args)]
@@ -167,6 +169,22 @@ pub fn print_report(report: &EvalReport, quiet: bool) {
     }
 }
 
+/// `--operator`: the short form parsed into the task a spec's `task` block describes, its mask file (white
+/// = known) loaded for `inpaint`.
+fn operator(text: &str) -> conjure::Result<Degradation> {
+    let task = TaskSpec::parse_short(text)?;
+    let mask = match &task.mask {
+        Some(MaskSpec::File { path }) => Some(
+            load(path, [0.0, 1.0])?
+                .mean_axis(ndarray::Axis(0))
+                .expect("an image has at least one channel")
+                .mapv(|v| if v > 0.5 { 1.0 } else { 0.0 }),
+        ),
+        _ => None,
+    };
+    task.degradation(mask)
+}
+
 /// Run `conjure eval`; returns the exit status (0 all scored, 1 some missing or failed).
 pub fn eval(args: &EvalArgs) -> anyhow::Result<i32> {
     let npy_range = parse_range(&args.npy_range)?;
@@ -176,7 +194,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<i32> {
     let operator = args
         .operator
         .as_deref()
-        .map(parse_operator)
+        .map(operator)
         .transpose()
         .context("--operator")?;
     let opts = EvalOptions {

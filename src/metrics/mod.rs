@@ -19,7 +19,8 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::operators::{Img, LinearOperator};
+use crate::operators::LinearOperator;
+use crate::tensor::Img;
 
 pub mod eval;
 pub(crate) mod font;

@@ -10,7 +10,7 @@ use image::{Rgb, RgbImage};
 use super::eval::{load, EvalReport};
 use super::font::{glyph, GLYPH_H, GLYPH_W};
 use crate::error::{Error, Result};
-use crate::operators::Img;
+use crate::tensor::Img;
 
 /// Cells are at least this many pixels on their longer side.
 pub(crate) const CELL_TARGET: usize = 128;

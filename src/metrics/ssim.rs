@@ -14,7 +14,7 @@
 
 use super::{check_range, same_shape};
 use crate::error::{Error, Result};
-use crate::operators::Img;
+use crate::tensor::Img;
 use ndarray::{Array2, ArrayView2, Axis};
 
 /// SSIM parameters; [`Default`] is Wang et al. 2004 (σ 1.5, K₁ 0.01, K₂ 0.03, truncate 3.5).

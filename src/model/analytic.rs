@@ -21,8 +21,9 @@ use ndarray::{Array4, ArrayView4, Axis};
 
 use super::{Denoiser, Parameterization};
 use crate::error::{Error, Result};
-use crate::operators::{Img, OperatorRef};
+use crate::operators::OperatorRef;
 use crate::schedules::{DdpmDiscrete, TimeInput, VpContinuous};
+use crate::tensor::Img;
 
 /// An orthonormal basis V: `to_basis` = Vᵀ, `from_basis` = V.
 #[allow(clippy::wrong_self_convention)] // `from_basis` maps coordinates back through the basis `self`.

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{JacobianMode, ModelKind, Parameterization};
 use crate::error::{Error, Result};
-use crate::samplers::ModelSchedule;
+use crate::schedules::ModelSchedule;
 use crate::schedules::{DdpmDiscrete, TimeInput, VpContinuous};
 
 /// A parsed `model.yaml`.

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use ndarray::{Array4, ArrayView4, Axis};
 
 use crate::error::{Error, Result};
-use crate::operators::Img;
 use crate::schedules::TimeInput;
+use crate::tensor::Img;
 
 pub mod analytic;
 pub mod tiled;
@@ -45,6 +45,25 @@ pub enum JacobianMode {
     /// ∂x̂₀/∂x or ∂x̂₁/∂x. Costs nothing beyond the forward.
     Identity,
 }
+
+impl JacobianMode {
+    pub const ALL: [JacobianMode; 3] = [
+        JacobianMode::Exact,
+        JacobianMode::FiniteDifference,
+        JacobianMode::Identity,
+    ];
+
+    /// The spec name (`exact`, `finite-difference`, `identity`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JacobianMode::Exact => "exact",
+            JacobianMode::FiniteDifference => "finite-difference",
+            JacobianMode::Identity => "identity",
+        }
+    }
+}
+
+crate::names::spec_names!(JacobianMode, "jacobian");
 
 /// A network (or an analytic stand-in) evaluated on batches. Inputs and outputs are f64 at this boundary;
 /// ONNX backends run in f32 internally.

@@ -153,8 +153,8 @@ mod tests {
     use super::*;
     use crate::model::analytic::{GaussianDiffusion, GaussianPrior, IdentityBasis, NoiseLevel};
     use crate::model::Parameterization;
-    use crate::operators::Img;
     use crate::schedules::VpContinuous;
+    use crate::tensor::Img;
 
     #[test]
     fn passes_results_through_and_counts_calls_and_images() {

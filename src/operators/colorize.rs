@@ -129,6 +129,9 @@ impl LinearOperator for Colorize {
     fn name(&self) -> &'static str {
         "colorize"
     }
+    fn kind(&self) -> Option<super::OperatorKind> {
+        Some(super::OperatorKind::Colorize)
+    }
     fn x_shape(&self) -> [usize; 3] {
         self.x_shape
     }

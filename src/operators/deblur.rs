@@ -15,7 +15,7 @@
 use ndarray::Array2;
 
 use super::separable::{delegate_to_separable, Separable};
-use super::validate_x_shape;
+use super::{validate_x_shape, OperatorKind};
 use crate::error::{Error, Result};
 
 /// Normalised Gaussian taps exp(−d²/2σ²) for d = −(size−1)/2 … (size−1)/2 (sum 1). For size 61, σ = 3
@@ -65,7 +65,7 @@ impl Deblur {
             ));
         }
         Self::build(
-            "deblur-gaussian",
+            OperatorKind::DeblurGaussian,
             x_shape,
             gaussian_kernel(size, sigma),
             threshold,
@@ -76,7 +76,7 @@ impl Deblur {
     pub fn uniform(x_shape: [usize; 3], size: usize, threshold: f64) -> Result<Self> {
         check_size("deblur-uniform", size)?;
         Self::build(
-            "deblur-uniform",
+            OperatorKind::DeblurUniform,
             x_shape,
             vec![1.0 / size as f64; size],
             threshold,
@@ -84,11 +84,12 @@ impl Deblur {
     }
 
     fn build(
-        name: &'static str,
+        kind: OperatorKind,
         x_shape: [usize; 3],
         kernel: Vec<f64>,
         threshold: f64,
     ) -> Result<Self> {
+        let name = kind.as_str();
         validate_x_shape(name, x_shape)?;
         let [c, h, w] = x_shape;
         let b_h = conv_matrix(h, &kernel);
@@ -97,7 +98,7 @@ impl Deblur {
         } else {
             conv_matrix(w, &kernel)
         };
-        let inner = Separable::new(name, c, &b_h, &b_w, threshold)?;
+        let inner = Separable::new(name, c, &b_h, &b_w, threshold)?.with_kind(kind);
         Ok(Deblur { inner, kernel })
     }
 

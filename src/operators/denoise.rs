@@ -30,6 +30,9 @@ impl LinearOperator for Denoise {
     fn name(&self) -> &'static str {
         "denoise"
     }
+    fn kind(&self) -> Option<super::OperatorKind> {
+        Some(super::OperatorKind::Denoise)
+    }
     fn x_shape(&self) -> [usize; 3] {
         self.x_shape
     }

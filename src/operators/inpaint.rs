@@ -55,6 +55,9 @@ impl LinearOperator for Inpaint {
     fn name(&self) -> &'static str {
         "inpaint"
     }
+    fn kind(&self) -> Option<super::OperatorKind> {
+        Some(super::OperatorKind::Inpaint)
+    }
     fn x_shape(&self) -> [usize; 3] {
         self.x_shape
     }

@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 
-use ndarray::{Array2, Array3, Zip};
+use ndarray::{Array2, Zip};
 
 use crate::error::{Error, Result};
 
@@ -41,16 +41,64 @@ pub use separable::Separable;
 pub use sr_average::SrAverage;
 pub use sr_bicubic::{bicubic_taps, SrBicubic};
 
-/// One image (or a measurement) as a (channels, height, width) array in f64.
-pub type Img = Array3<f64>;
+/// The image tensor, re-exported where it used to live.
+pub use crate::tensor::Img;
 
 /// Default threshold below which a 1-D singular value is treated as zero (official code, §2.4–2.5).
 pub const DEFAULT_SVD_THRESHOLD: f64 = 3e-2;
+
+/// The degradations conjure names: a spec's `task.operator`, and what [`LinearOperator::kind`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorKind {
+    SrAverage,
+    SrBicubic,
+    Inpaint,
+    DeblurGaussian,
+    DeblurUniform,
+    Colorize,
+    Denoise,
+}
+
+impl OperatorKind {
+    pub const ALL: [OperatorKind; 7] = [
+        OperatorKind::SrAverage,
+        OperatorKind::SrBicubic,
+        OperatorKind::Inpaint,
+        OperatorKind::DeblurGaussian,
+        OperatorKind::DeblurUniform,
+        OperatorKind::Colorize,
+        OperatorKind::Denoise,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OperatorKind::SrAverage => "sr-average",
+            OperatorKind::SrBicubic => "sr-bicubic",
+            OperatorKind::Inpaint => "inpaint",
+            OperatorKind::DeblurGaussian => "deblur-gaussian",
+            OperatorKind::DeblurUniform => "deblur-uniform",
+            OperatorKind::Colorize => "colorize",
+            OperatorKind::Denoise => "denoise",
+        }
+    }
+
+    /// Whether the operator is a super-resolution (output `scale`× the input).
+    pub fn is_sr(&self) -> bool {
+        matches!(self, OperatorKind::SrAverage | OperatorKind::SrBicubic)
+    }
+}
+
+crate::names::spec_names!(OperatorKind, "operator");
 
 /// A linear degradation y = H x (+ noise), built for one image shape.
 pub trait LinearOperator: Send + Sync + std::fmt::Debug {
     /// The operator's name as it appears in a spec (`sr-bicubic`, `inpaint`, …).
     fn name(&self) -> &'static str;
+    /// Which of conjure's degradations this is; `None` for other operators (samplers that treat one kind
+    /// specially, e.g. inpainting, test this instead of the name).
+    fn kind(&self) -> Option<OperatorKind> {
+        None
+    }
     /// Shape (C, H, W) of the images x this operator was built for.
     fn x_shape(&self) -> [usize; 3];
     /// Shape of the measurements y = H x.

@@ -27,7 +27,7 @@
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, ArrayView2, ArrayView3, Axis};
 
-use super::{check_shape, Img, LinearOperator};
+use super::{check_shape, Img, LinearOperator, OperatorKind};
 use crate::error::{Error, Result};
 
 /// Distance to the threshold under which a warning is emitted (§14.1 item 8).
@@ -257,6 +257,7 @@ fn sandwich(left: ArrayView2<f64>, x: ArrayView3<f64>, right: ArrayView2<f64>) -
 #[derive(Debug, Clone)]
 pub struct Separable {
     name: &'static str,
+    kind: Option<OperatorKind>,
     x_shape: [usize; 3],
     rows: Factor,
     cols: Factor,
@@ -265,6 +266,12 @@ pub struct Separable {
 }
 
 impl Separable {
+    /// The same operator, reporting `kind` as its [`LinearOperator::kind`].
+    pub fn with_kind(mut self, kind: OperatorKind) -> Self {
+        self.kind = Some(kind);
+        self
+    }
+
     /// Build from the row matrix `a_h` (m_h×H) and the column matrix `a_w` (m_w×W) for images with
     /// `channels` channels. 1-D singular values below `threshold` (finite, ≥ 0) are set to 0.
     pub fn new(
@@ -305,6 +312,7 @@ impl Separable {
         }
         Ok(Separable {
             name,
+            kind: None,
             x_shape,
             rows,
             cols,
@@ -360,6 +368,9 @@ impl Separable {
 impl LinearOperator for Separable {
     fn name(&self) -> &'static str {
         self.name
+    }
+    fn kind(&self) -> Option<OperatorKind> {
+        self.kind
     }
     fn x_shape(&self) -> [usize; 3] {
         self.x_shape
@@ -428,43 +439,46 @@ macro_rules! delegate_to_separable {
             fn name(&self) -> &'static str {
                 self.inner.name()
             }
+            fn kind(&self) -> Option<$crate::operators::OperatorKind> {
+                self.inner.kind()
+            }
             fn x_shape(&self) -> [usize; 3] {
                 self.inner.x_shape()
             }
             fn y_shape(&self) -> [usize; 3] {
                 self.inner.y_shape()
             }
-            fn vt(&self, x: &$crate::operators::Img) -> $crate::operators::Img {
+            fn vt(&self, x: &$crate::tensor::Img) -> $crate::tensor::Img {
                 self.inner.vt(x)
             }
-            fn v(&self, c: &$crate::operators::Img) -> $crate::operators::Img {
+            fn v(&self, c: &$crate::tensor::Img) -> $crate::tensor::Img {
                 self.inner.v(c)
             }
-            fn ut(&self, y: &$crate::operators::Img) -> $crate::operators::Img {
+            fn ut(&self, y: &$crate::tensor::Img) -> $crate::tensor::Img {
                 self.inner.ut(y)
             }
-            fn u(&self, c: &$crate::operators::Img) -> $crate::operators::Img {
+            fn u(&self, c: &$crate::tensor::Img) -> $crate::tensor::Img {
                 self.inner.u(c)
             }
-            fn singulars(&self) -> &$crate::operators::Img {
+            fn singulars(&self) -> &$crate::tensor::Img {
                 self.inner.singulars()
             }
-            fn forward(&self, x: &$crate::operators::Img) -> $crate::operators::Img {
+            fn forward(&self, x: &$crate::tensor::Img) -> $crate::tensor::Img {
                 self.inner.forward(x)
             }
-            fn adjoint(&self, y: &$crate::operators::Img) -> $crate::operators::Img {
+            fn adjoint(&self, y: &$crate::tensor::Img) -> $crate::tensor::Img {
                 self.inner.adjoint(y)
             }
-            fn pinv(&self, y: &$crate::operators::Img) -> $crate::operators::Img {
+            fn pinv(&self, y: &$crate::tensor::Img) -> $crate::tensor::Img {
                 self.inner.pinv(y)
             }
-            fn pinv_adjoint(&self, x: &$crate::operators::Img) -> $crate::operators::Img {
+            fn pinv_adjoint(&self, x: &$crate::tensor::Img) -> $crate::tensor::Img {
                 self.inner.pinv_adjoint(x)
             }
-            fn project(&self, x: &$crate::operators::Img) -> $crate::operators::Img {
+            fn project(&self, x: &$crate::tensor::Img) -> $crate::tensor::Img {
                 self.inner.project(x)
             }
-            fn pinv_gram(&self, x: &$crate::operators::Img) -> $crate::operators::Img {
+            fn pinv_gram(&self, x: &$crate::tensor::Img) -> $crate::tensor::Img {
                 self.inner.pinv_gram(x)
             }
         }

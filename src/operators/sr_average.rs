@@ -184,6 +184,9 @@ impl LinearOperator for SrAverage {
     fn name(&self) -> &'static str {
         "sr-average"
     }
+    fn kind(&self) -> Option<super::OperatorKind> {
+        Some(super::OperatorKind::SrAverage)
+    }
     fn x_shape(&self) -> [usize; 3] {
         self.x_shape
     }

@@ -14,7 +14,7 @@
 use ndarray::Array2;
 
 use super::separable::{delegate_to_separable, Separable};
-use super::validate_x_shape;
+use super::{validate_x_shape, OperatorKind};
 use crate::error::{Error, Result};
 
 /// Keys cubic convolution kernel with a = −0.5.
@@ -114,7 +114,8 @@ impl SrBicubic {
         } else {
             bicubic_matrix(w, scale)
         };
-        let inner = Separable::new("sr-bicubic", c, &a_h, &a_w, threshold)?;
+        let inner = Separable::new("sr-bicubic", c, &a_h, &a_w, threshold)?
+            .with_kind(OperatorKind::SrBicubic);
         Ok(SrBicubic { inner, scale })
     }
 

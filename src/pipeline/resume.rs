@@ -40,10 +40,12 @@ pub fn check_settings(
     }
     let last = last_records(&manifests(output, opts.manifest.as_deref()))?;
     let mine = spec.settings_hash();
+    // Records written before the canonical settings hash carry the legacy one: same settings.
+    let legacy = crate::spec::hash::legacy_settings_hash(spec);
     let stale: Vec<(&PathBuf, &Last)> = skipped
         .iter()
         .filter_map(|p| last.get(p).map(|l| (p, l)))
-        .filter(|(_, (_, settings, _))| *settings != mine)
+        .filter(|(_, (_, settings, _))| *settings != mine && *settings != legacy)
         .collect();
     let Some((first, (_, settings, spec_hash))) = stale.first() else {
         return Ok(());

@@ -44,11 +44,16 @@
 use ndarray::Zip;
 
 use super::c_pigdm_noisy::NoisyCPigdm;
-use super::{check_range, quad, ModelSchedule, Problem, Sampler, SamplerConfig};
+use super::common::{check_batch, check_start_end, eps_then_vjp};
+use super::{
+    check_range, quad, unsupported_variant, ModelSchedule, Problem, Sampler, SamplerConfig,
+    SamplerName, SamplerVariant,
+};
 use crate::error::{Error, Result};
 use crate::model::Network;
-use crate::operators::{Img, LinearOperator};
-use crate::schedules::{linspace, VpContinuous};
+use crate::operators::{LinearOperator, OperatorKind};
+use crate::schedules::VpContinuous;
+use crate::tensor::Img;
 
 /// Which C-ΠGDM form runs (spec `sampler.variant`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,17 +70,13 @@ pub enum Variant {
 }
 
 impl Variant {
-    fn parse(s: Option<&str>) -> Result<Self> {
-        match s {
-            None | Some("auto") => Ok(Variant::Auto),
-            Some("noiseless") => Ok(Variant::Noiseless),
-            Some("noisy") => Ok(Variant::Noisy),
-            Some("official") => Ok(Variant::Official),
-            Some(other) => Err(Error::invalid(
-                "c-pigdm variant",
-                other,
-                "one of auto, noiseless, noisy, official",
-            )),
+    fn from_spec(v: Option<SamplerVariant>) -> Result<Self> {
+        match v {
+            None | Some(SamplerVariant::Auto) => Ok(Variant::Auto),
+            Some(SamplerVariant::Noiseless) => Ok(Variant::Noiseless),
+            Some(SamplerVariant::Noisy) => Ok(Variant::Noisy),
+            Some(SamplerVariant::Official) => Ok(Variant::Official),
+            Some(other) => Err(unsupported_variant(SamplerName::CPigdm, other)),
         }
     }
 }
@@ -86,12 +87,7 @@ pub const DEFAULT_STEPS: usize = 5;
 pub const DEFAULT_GUIDANCE: f64 = 15.0;
 /// Default λ (§12).
 pub const DEFAULT_LAMBDA: f64 = 0.0;
-/// Default start time τ (t_start = 0.6 in the code's reversed grid, §12).
-pub const DEFAULT_START_TIME: f64 = 0.4;
-/// Default end time (1 − t_end with t_end = 0.999, §12).
-pub const DEFAULT_END_TIME: f64 = 0.001;
-/// Default ε_n of the Φ integrands (README / scripts value, §1.2).
-pub const DEFAULT_NUM_EPS: f64 = 1e-6;
+pub use super::common::{time_grid, DEFAULT_END_TIME, DEFAULT_NUM_EPS, DEFAULT_START_TIME};
 
 /// The ΔΦ's of one step t_k → t_{k+1} (docs/samplers.md §4.3, §5).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -166,7 +162,7 @@ impl CPigdm {
         let t_end = cfg.end_time.unwrap_or(DEFAULT_END_TIME);
         check_start_end(tau, t_end)?;
         let eps_n = check_range("num_eps", cfg.num_eps.unwrap_or(DEFAULT_NUM_EPS), 0.0, 1.0)?;
-        let variant = Variant::parse(cfg.variant.as_deref())?;
+        let variant = Variant::from_spec(cfg.variant)?;
         Self::new(*vp, steps, w, lambda, tau, t_end, eps_n, variant)
     }
 
@@ -395,61 +391,6 @@ impl CPigdm {
     }
 }
 
-/// Check 0 < t_end < τ ≤ 1.
-pub(crate) fn check_start_end(tau: f64, t_end: f64) -> Result<()> {
-    check_range("start_time", tau, f64::MIN_POSITIVE, 1.0)?;
-    if !(t_end.is_finite() && t_end > 0.0 && t_end < tau) {
-        return Err(Error::invalid(
-            "end_time",
-            t_end,
-            format!("a value in (0, start_time = {tau})"),
-        ));
-    }
-    Ok(())
-}
-
-/// The official grid: s_k = linspace(1 − τ, 1 − t_end, K + 1) and t_k = 1 − s_k (§4.4 step 1).
-pub fn time_grid(tau: f64, t_end: f64, steps: usize) -> Vec<f64> {
-    linspace(1.0 - tau, 1.0 - t_end, steps)
-        .into_iter()
-        .map(|s| 1.0 - s)
-        .collect()
-}
-
-/// Check that a batch shares one x shape.
-pub(crate) fn check_batch(problems: &[Problem]) -> Result<()> {
-    if let Some(first) = problems.first() {
-        let shape = first.x_shape();
-        for p in problems {
-            if p.x_shape() != shape {
-                return Err(Error::Shape(format!(
-                    "a batch must share one image shape: {:?} vs {:?}",
-                    p.x_shape(),
-                    shape
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// One network forward ε̂ = ε_θ(x, t_net), then m_i = `m_of(i, ε̂_i)`, then g = J_εᵀ m in the network's
-/// Jacobian mode ([`Network::eps_jt`]: one VJP, two batched finite-difference probes, or none in
-/// `identity` mode). Returns (ε̂, m, g).
-pub(crate) fn eps_then_vjp(
-    net: &Network,
-    xs: &[Img],
-    t_net: f64,
-    mu: f64,
-    sigma: f64,
-    mut m_of: impl FnMut(usize, &Img) -> Img,
-) -> Result<(Vec<Img>, Vec<Img>, Vec<Img>)> {
-    let eps = net.eps(xs, t_net, mu, sigma)?;
-    let ms: Vec<Img> = eps.iter().enumerate().map(|(i, e)| m_of(i, e)).collect();
-    let g = net.eps_jt(xs, t_net, mu, sigma, &ms)?;
-    Ok((eps, ms, g))
-}
-
 /// Per-sample state.
 struct State {
     /// H†y.
@@ -511,7 +452,7 @@ impl Sampler for CPigdm {
                 let sy = self.sigma_y_of(p);
                 let hy = op.pinv(&p.y);
                 let z = p.init_noise();
-                let x0 = if noisy && op.name() == "inpaint" {
+                let x0 = if noisy && op.kind() == Some(OperatorKind::Inpaint) {
                     z
                 } else {
                     &hy * mu0 + &(z * sigma0)

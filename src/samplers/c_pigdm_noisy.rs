@@ -50,13 +50,13 @@
 
 use ndarray::Zip;
 
-use super::c_pigdm::eps_then_vjp;
-use super::spectral::{RhoCache, SpectralMap};
-use super::{quad, Problem};
+use super::common::eps_then_vjp;
+use super::spectral::{advance, step_phis, RhoCache, SpectralMap, StepTable};
+use super::Problem;
 use crate::error::Result;
 use crate::model::Network;
-use crate::operators::Img;
 use crate::schedules::VpContinuous;
+use crate::tensor::Img;
 
 /// G(ρ, b) = ∫ β γ du from 0 (see the module doc): the noisy exponent per unit −½w.
 pub fn g_exponent(rho: f64, b: f64) -> f64 {
@@ -81,6 +81,15 @@ pub struct RhoCoefficients {
     pub phi_s: Vec<f64>,
     pub phi_y: Vec<f64>,
     pub phi_j: Vec<f64>,
+}
+
+impl StepTable for RhoCoefficients {
+    fn phis(&self, k: usize) -> [f64; 3] {
+        [self.phi_s[k], self.phi_y[k], self.phi_j[k]]
+    }
+    fn log_a_next(&self, k: usize) -> f64 {
+        self.log_a[k + 1]
+    }
 }
 
 /// The exact noisy conjugate integrator on a fixed grid.
@@ -139,27 +148,17 @@ impl NoisyCPigdm {
         let f_y = |u: f64| -hb(u) * w * vp.mu(u) * self.gamma(rho, u) * a(u);
         let f_j = |u: f64| hb(u) * w * vp.mu(u) * vp.sigma(u) * a(u);
         let steps = self.t.len() - 1;
-        let mut c = RhoCoefficients {
+        let [phi_s, phi_y, phi_j] = step_phis(&self.t, rho, f_s, f_y, f_j)?;
+        Ok(RhoCoefficients {
             log_a: self.t.iter().map(|&u| self.log_a(rho, u)).collect(),
             gamma: self.t[..steps]
                 .iter()
                 .map(|&u| self.gamma(rho, u))
                 .collect(),
-            phi_s: Vec::with_capacity(steps),
-            phi_y: Vec::with_capacity(steps),
-            phi_j: Vec::with_capacity(steps),
-        };
-        for k in 0..steps {
-            let (ta, tb) = (self.t[k], self.t[k + 1]);
-            c.phi_s.push(quad::integrate(f_s, ta, tb)?);
-            c.phi_y.push(if rho.is_infinite() {
-                0.0
-            } else {
-                quad::integrate(f_y, ta, tb)?
-            });
-            c.phi_j.push(quad::integrate(f_j, ta, tb)?);
-        }
-        Ok(c)
+            phi_s,
+            phi_y,
+            phi_j,
+        })
     }
 
     /// Number of distinct ρ whose coefficients were computed so far.
@@ -221,29 +220,10 @@ impl NoisyCPigdm {
                     op.v(&c)
                 },
             )?;
+            let decay = 1.0 - self.lambda * ds;
             for (i, (s, (e, g))) in st.iter_mut().zip(eps.iter().zip(&g)).enumerate() {
                 let op = problems[i].op.as_ref();
-                let shape = op.x_shape();
-                let coef = |f: fn(&RhoCoefficients, usize) -> f64| s.map.fill(&shape, |c| f(c, k));
-                let (phi_s, phi_y, phi_j) = (
-                    coef(|c, k| c.phi_s[k]),
-                    coef(|c, k| c.phi_y[k]),
-                    coef(|c, k| c.phi_j[k]),
-                );
-                let (ve, vg) = (op.vt(e), op.vt(g));
-                let decay = 1.0 - self.lambda * ds;
-                Zip::from(&mut s.xbar)
-                    .and(&phi_s)
-                    .and(&ve)
-                    .and(&phi_y)
-                    .and(&s.yhat)
-                    .for_each(|xb, &ps, &e, &py, &y| *xb = decay * *xb + ps * e + py * y);
-                Zip::from(&mut s.xbar)
-                    .and(&phi_j)
-                    .and(&vg)
-                    .for_each(|xb, &pj, &g| *xb += pj * g);
-                let inv_a = s.map.fill(&shape, |c| (-c.log_a[k + 1]).exp());
-                xs[i] = op.v(&(&s.xbar * &inv_a));
+                xs[i] = advance(&s.map, op, k, decay, &mut s.xbar, &s.yhat, e, g);
             }
         }
         Ok(xs)

@@ -82,10 +82,18 @@
 use ndarray::Zip;
 
 use super::c_pigfm_noisy::NoisyCPigfm;
-use super::{quad, ModelSchedule, Problem, Sampler, SamplerConfig};
-use crate::error::{Error, Result};
-use crate::model::{ModelKind, Network};
-use crate::operators::{Img, LinearOperator};
+use super::common::{
+    check_flow_batch, check_flow_batch_shapes, flow_grid, reject_unused, validate_flow_grid,
+    velocity_jt,
+};
+use super::{
+    quad, unsupported_variant, ModelSchedule, Problem, Sampler, SamplerConfig, SamplerName,
+    SamplerVariant,
+};
+use crate::error::Result;
+use crate::model::Network;
+use crate::operators::LinearOperator;
+use crate::tensor::Img;
 
 /// How the Jacobian term of the update is discretized (docs/samplers.md §9.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,19 +106,6 @@ pub enum JacobianTerm {
 }
 
 impl JacobianTerm {
-    /// Parse a spec `variant`'s Jacobian term (`derived` | `official`).
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "derived" => Ok(JacobianTerm::Derived),
-            "official" => Ok(JacobianTerm::Official),
-            _ => Err(Error::invalid(
-                "c-pigfm variant",
-                s,
-                "auto, derived, noiseless or official",
-            )),
-        }
-    }
-
     /// The spec name of the variant.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -162,9 +157,6 @@ impl Default for CPigfmParams {
     }
 }
 
-/// Largest accepted number of steps.
-pub const MAX_STEPS: usize = 100_000;
-
 impl CPigfmParams {
     /// Range checks shared by C-ΠGFM and ΠGFM.
     fn validate(&self) -> Result<()> {
@@ -174,56 +166,6 @@ impl CPigfmParams {
         super::check_range("lambda", self.lambda, -100.0, 100.0)?;
         Ok(())
     }
-}
-
-/// Check K and st for a flow grid t_i = st + i (1 − st)/K.
-pub(crate) fn validate_flow_grid(steps: usize, start_time: f64) -> Result<()> {
-    if steps == 0 || steps > MAX_STEPS {
-        return Err(Error::invalid("steps", steps, format!("1..={MAX_STEPS}")));
-    }
-    if !(start_time > 0.0 && start_time < 1.0) {
-        return Err(Error::invalid(
-            "start_time",
-            start_time,
-            "a flow time in (0, 1): the network is never called at t = 0",
-        ));
-    }
-    Ok(())
-}
-
-/// The flow grid t_i = st + iΔ, i = 0..K, Δ = (1 − st)/K, in f64, with t_K = 1 exactly.
-pub(crate) fn flow_grid(steps: usize, start_time: f64) -> Vec<f64> {
-    let delta = (1.0 - start_time) / steps as f64;
-    (0..=steps)
-        .map(|i| {
-            if i == steps {
-                1.0
-            } else {
-                start_time + i as f64 * delta
-            }
-        })
-        .collect()
-}
-
-/// Reject a config option the flow samplers have no use for (an unset option takes no effect).
-pub(crate) fn reject_unused(sampler: &str, cfg: &SamplerConfig) -> Result<()> {
-    let unused = [
-        ("end_time", cfg.end_time),
-        ("eta", cfg.eta),
-        ("eta_b", cfg.eta_b),
-        ("num_eps", cfg.num_eps),
-    ];
-    for (what, v) in unused {
-        if let Some(v) = v {
-            let expected = if what == "end_time" {
-                format!("unset: {sampler} always integrates to flow time 1")
-            } else {
-                format!("unset: {sampler} has no {what}")
-            };
-            return Err(Error::invalid(what, v, expected));
-        }
-    }
-    Ok(())
 }
 
 /// Differences of the six cumulative coefficients over one step [t_i, t_{i+1}] (docs/samplers.md §9.3).
@@ -260,6 +202,7 @@ pub struct CPigfm {
 impl CPigfm {
     /// Build from a spec's sampler settings; unset values take the defaults of [`CPigfmParams::default`].
     pub fn from_config(cfg: &SamplerConfig, sched: &ModelSchedule) -> Result<Self> {
+        use SamplerVariant::*;
         sched.flow("c-pigfm")?;
         reject_unused("c-pigfm", cfg)?;
         let d = CPigfmParams::default();
@@ -268,12 +211,13 @@ impl CPigfm {
             w: cfg.guidance.unwrap_or(d.w),
             lambda: cfg.lambda.unwrap_or(d.lambda),
             start_time: cfg.start_time.unwrap_or(d.start_time),
-            jacobian_term: match cfg.variant.as_deref() {
-                None | Some("auto") | Some("noiseless") => d.jacobian_term,
-                Some(v) => JacobianTerm::parse(v)?,
+            jacobian_term: match cfg.variant {
+                None | Some(Auto | Noiseless | Derived) => d.jacobian_term,
+                Some(Official) => JacobianTerm::Official,
+                Some(other) => return Err(unsupported_variant(SamplerName::CPigfm, other)),
             },
-            noise: match cfg.variant.as_deref() {
-                Some("noiseless") | Some("official") => FlowNoise::Ignore,
+            noise: match cfg.variant {
+                Some(Noiseless | Official) => FlowNoise::Ignore,
                 _ => FlowNoise::Exact,
             },
         })
@@ -375,44 +319,6 @@ impl CPigfm {
 /// b(t) = w ∫₀ᵗ u(1 − u) du = w (t²/2 − t³/3).
 fn b_of(w: f64, t: f64) -> f64 {
     w * (t * t / 2.0 - t * t * t / 3.0)
-}
-
-/// [`check_flow_batch_shapes`], then a warning when σ_y > 0: the sampler's guidance is noiseless.
-pub(crate) fn check_flow_batch(sampler: &str, net: &Network, problems: &[Problem]) -> Result<()> {
-    check_flow_batch_shapes(sampler, net, problems)?;
-    if problems.iter().any(|p| p.sigma_y > 0.0) {
-        tracing::warn!(
-            "{sampler} uses the noiseless guidance of the official flow code; noise_sigma is not used"
-        );
-    }
-    Ok(())
-}
-
-/// Check the network and the batch before sampling: a flow model, a usable Jacobian mode, one x shape.
-fn check_flow_batch_shapes(sampler: &str, net: &Network, problems: &[Problem]) -> Result<()> {
-    if net.kind != ModelKind::Flow {
-        return Err(Error::Unsupported(format!(
-            "sampler {sampler} needs a flow model, got a diffusion model"
-        )));
-    }
-    net.validate()?;
-    if let Some(first) = problems.first() {
-        let shape = first.x_shape();
-        if let Some(p) = problems.iter().find(|p| p.x_shape() != shape) {
-            return Err(Error::Shape(format!(
-                "{sampler} batch mixes image shapes {:?} and {:?}",
-                shape,
-                p.x_shape()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// g = J_vᵀ m for a batch at flow time t, per the network's Jacobian mode, without recomputing v
-/// (see [`Network::velocity_jt`]: 1 VJP, 2 extra forwards, or none in `identity` mode).
-pub(crate) fn velocity_jt(net: &Network, xs: &[Img], t: f64, ms: &[Img]) -> Result<Vec<Img>> {
-    net.velocity_jt(xs, t, ms)
 }
 
 impl Sampler for CPigfm {

@@ -37,12 +37,12 @@
 
 use ndarray::Zip;
 
-use super::c_pigfm::velocity_jt;
-use super::spectral::{RhoCache, SpectralMap};
-use super::{quad, Problem};
+use super::common::velocity_jt;
+use super::spectral::{advance, step_phis, RhoCache, SpectralMap, StepTable};
+use super::Problem;
 use crate::error::Result;
 use crate::model::Network;
-use crate::operators::Img;
+use crate::tensor::Img;
 
 /// B(ρ, t) = ∫₀ᵗ u(1 − u) κ_ρ(u) du (module doc), in closed form.
 pub fn b_exponent(rho: f64, t: f64) -> f64 {
@@ -93,6 +93,15 @@ pub struct RhoCoefficients {
     pub phi_j: Vec<f64>,
 }
 
+impl StepTable for RhoCoefficients {
+    fn phis(&self, i: usize) -> [f64; 3] {
+        [self.phi_v[i], self.phi_y[i], self.phi_j[i]]
+    }
+    fn log_a_next(&self, i: usize) -> f64 {
+        self.log_a[i + 1]
+    }
+}
+
 /// The exact noisy C-ΠGFM integrator on a fixed grid (derived Jacobian term).
 #[derive(Debug)]
 pub struct NoisyCPigfm {
@@ -132,24 +141,14 @@ impl NoisyCPigfm {
         let f_y = |u: f64| a(u) * w * u * (1.0 - u) * kappa(rho, u);
         let f_j = |u: f64| a(u) * w * u * (1.0 - u).powi(2);
         let steps = self.grid.len() - 1;
-        let mut c = RhoCoefficients {
+        let [phi_v, phi_y, phi_j] = step_phis(&self.grid, rho, f_v, f_y, f_j)?;
+        Ok(RhoCoefficients {
             log_a: self.grid.iter().map(|&u| self.log_a(rho, u)).collect(),
             kappa: self.grid[..steps].iter().map(|&u| kappa(rho, u)).collect(),
-            phi_v: Vec::with_capacity(steps),
-            phi_y: Vec::with_capacity(steps),
-            phi_j: Vec::with_capacity(steps),
-        };
-        for i in 0..steps {
-            let (t0, t1) = (self.grid[i], self.grid[i + 1]);
-            c.phi_v.push(quad::integrate(f_v, t0, t1)?);
-            c.phi_y.push(if rho.is_infinite() {
-                0.0
-            } else {
-                quad::integrate(f_y, t0, t1)?
-            });
-            c.phi_j.push(quad::integrate(f_j, t0, t1)?);
-        }
-        Ok(c)
+            phi_v,
+            phi_y,
+            phi_j,
+        })
     }
 
     /// Number of distinct ρ whose coefficients were computed so far.
@@ -205,29 +204,10 @@ impl NoisyCPigfm {
                 })
                 .collect();
             let gs = velocity_jt(net, &xs, t, &ms)?;
+            let decay = 1.0 + self.lambda * delta;
             for (k, s) in states.iter_mut().enumerate() {
                 let op = problems[k].op.as_ref();
-                let shape = op.x_shape();
-                let coef = |f: fn(&RhoCoefficients, usize) -> f64| s.map.fill(&shape, |c| f(c, i));
-                let (phi_v, phi_y, phi_j) = (
-                    coef(|c, i| c.phi_v[i]),
-                    coef(|c, i| c.phi_y[i]),
-                    coef(|c, i| c.phi_j[i]),
-                );
-                let (vv, vg) = (op.vt(&vs[k]), op.vt(&gs[k]));
-                let decay = 1.0 + self.lambda * delta;
-                Zip::from(&mut s.xbar)
-                    .and(&phi_v)
-                    .and(&vv)
-                    .and(&phi_y)
-                    .and(&s.yhat)
-                    .for_each(|xb, &pv, &v, &py, &y| *xb = decay * *xb + pv * v + py * y);
-                Zip::from(&mut s.xbar)
-                    .and(&phi_j)
-                    .and(&vg)
-                    .for_each(|xb, &pj, &g| *xb += pj * g);
-                let inv_a = s.map.fill(&shape, |c| (-c.log_a[i + 1]).exp());
-                xs[k] = op.v(&(&s.xbar * &inv_a));
+                xs[k] = advance(&s.map, op, i, decay, &mut s.xbar, &s.yhat, &vs[k], &gs[k]);
             }
         }
         Ok(xs)

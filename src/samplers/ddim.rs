@@ -19,8 +19,8 @@
 use super::{check_range, quad, ModelSchedule, Problem, Sampler, SamplerConfig};
 use crate::error::{Error, Result};
 use crate::model::Network;
-use crate::operators::Img;
 use crate::schedules::{DdpmDiscrete, VpContinuous};
+use crate::tensor::Img;
 
 /// Default steps (the experiment default of the official configs).
 pub const DEFAULT_STEPS: usize = 50;
@@ -77,7 +77,7 @@ impl Sampler for Ddim {
     }
 
     fn sample(&self, net: &Network, problems: &mut [Problem]) -> Result<Vec<Img>> {
-        super::c_pigdm::check_batch(problems)?;
+        super::common::check_batch(problems)?;
         if problems.is_empty() {
             return Ok(Vec::new());
         }

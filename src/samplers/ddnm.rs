@@ -51,8 +51,8 @@
 use super::{check_range, ModelSchedule, Problem, Sampler, SamplerConfig};
 use crate::error::Result;
 use crate::model::Network;
-use crate::operators::Img;
 use crate::schedules::DdpmDiscrete;
+use crate::tensor::Img;
 
 /// Default number of steps (the DDNM paper's 100).
 pub const DEFAULT_STEPS: usize = 100;

@@ -44,8 +44,8 @@
 use super::{check_range, ModelSchedule, Problem, Sampler, SamplerConfig};
 use crate::error::Result;
 use crate::model::Network;
-use crate::operators::Img;
 use crate::schedules::DdpmDiscrete;
+use crate::tensor::Img;
 
 /// Default number of steps (the paper's and the official batch script's 20).
 pub const DEFAULT_STEPS: usize = 20;

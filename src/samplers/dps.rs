@@ -32,8 +32,8 @@
 use super::{check_range, ModelSchedule, Problem, Sampler, SamplerConfig};
 use crate::error::{Error, Result};
 use crate::model::Network;
-use crate::operators::Img;
 use crate::schedules::DdpmDiscrete;
+use crate::tensor::Img;
 
 /// Default number of steps (the paper's DPS baseline runs and the DPS paper use 1000).
 pub const DEFAULT_STEPS: usize = 1000;

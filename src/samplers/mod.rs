@@ -21,13 +21,16 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{Error, Result};
 use crate::model::{JacobianMode, Network};
-use crate::operators::{Img, OperatorRef};
-use crate::schedules::{DdpmDiscrete, VpContinuous};
+use crate::operators::OperatorRef;
+use crate::tensor::Img;
+// The model schedule lives in `schedules` (the model card builds it); re-exported here, where samplers take it.
+pub use crate::schedules::ModelSchedule;
 
 pub mod c_pigdm;
 pub mod c_pigdm_noisy;
 pub mod c_pigfm;
 pub mod c_pigfm_noisy;
+pub mod common;
 pub mod ddim;
 pub mod ddnm;
 pub mod ddrm;
@@ -163,22 +166,80 @@ impl SamplerName {
     }
 
     pub fn parse(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|n| n.as_str() == s)
-            .ok_or_else(|| {
-                Error::invalid(
-                    "sampler",
-                    s,
-                    "one of c-pigdm, pigdm, ddrm, dps, ddnm, ddim, c-pigfm, pigfm, pinv",
-                )
-            })
+        s.parse()
     }
 
     /// Whether the sampler needs a flow model (else a diffusion model; `pinv` needs none).
     pub fn needs_flow(&self) -> bool {
         matches!(self, SamplerName::CPigfm | SamplerName::Pigfm)
     }
+
+    /// The `sampler.variant`s this sampler accepts (none for most).
+    pub fn variants(&self) -> &'static [SamplerVariant] {
+        use SamplerVariant::*;
+        match self {
+            SamplerName::Pigdm => &[Continuous, Discrete],
+            SamplerName::CPigdm => &[Auto, Noiseless, Noisy, Official],
+            SamplerName::CPigfm => &[Derived, Auto, Noiseless, Official],
+            _ => &[],
+        }
+    }
+}
+
+crate::names::spec_names!(SamplerName, "sampler");
+
+/// `sampler.variant`: which form of a sampler runs. Each sampler accepts its own few
+/// ([`SamplerName::variants`]): `pigdm` → `continuous` | `discrete`; `c-pigdm` → `auto` | `noiseless` |
+/// `noisy` | `official`; `c-pigfm` → `derived` (= `auto`) | `noiseless` | `official`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplerVariant {
+    Auto,
+    Noiseless,
+    Noisy,
+    Official,
+    Derived,
+    Continuous,
+    Discrete,
+}
+
+impl SamplerVariant {
+    pub const ALL: [SamplerVariant; 7] = [
+        SamplerVariant::Auto,
+        SamplerVariant::Noiseless,
+        SamplerVariant::Noisy,
+        SamplerVariant::Official,
+        SamplerVariant::Derived,
+        SamplerVariant::Continuous,
+        SamplerVariant::Discrete,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SamplerVariant::Auto => "auto",
+            SamplerVariant::Noiseless => "noiseless",
+            SamplerVariant::Noisy => "noisy",
+            SamplerVariant::Official => "official",
+            SamplerVariant::Derived => "derived",
+            SamplerVariant::Continuous => "continuous",
+            SamplerVariant::Discrete => "discrete",
+        }
+    }
+}
+
+crate::names::spec_names!(SamplerVariant, "variant");
+
+/// `variant` rejected by a sampler that does not offer it.
+pub(crate) fn unsupported_variant(sampler: SamplerName, v: SamplerVariant) -> Error {
+    let allowed: Vec<&str> = sampler.variants().iter().map(|v| v.as_str()).collect();
+    Error::invalid(
+        format!("{sampler} variant"),
+        v,
+        if allowed.is_empty() {
+            format!("unset: {sampler} has no variants")
+        } else {
+            format!("one of {}", allowed.join(", "))
+        },
+    )
 }
 
 /// Sampler settings as a spec gives them; `None` takes the sampler's default (docs/samplers.md §12).
@@ -201,10 +262,8 @@ pub struct SamplerConfig {
     pub eta_b: Option<f64>,
     /// ε_n added to σ in Φ integrands (default 1e-6, as the official scripts).
     pub num_eps: Option<f64>,
-    /// Sampler variant: `pigdm` → `continuous` | `discrete`; `c-pigdm` → `auto` | `noiseless` | `noisy` |
-    /// `official`;
-    /// `c-pigfm` → `derived` (= `auto`) | `noiseless` | `official` (Jacobian term, docs/samplers.md §9.4).
-    pub variant: Option<String>,
+    /// Sampler variant ([`SamplerVariant`]; for `c-pigfm` it picks the Jacobian term, docs/samplers.md §9.4).
+    pub variant: Option<SamplerVariant>,
     pub jacobian: JacobianMode,
 }
 
@@ -223,46 +282,6 @@ impl SamplerConfig {
             num_eps: None,
             variant: None,
             jacobian: JacobianMode::Exact,
-        }
-    }
-}
-
-/// The schedules a model offers to samplers.
-#[derive(Debug, Clone)]
-pub enum ModelSchedule {
-    /// A diffusion model: its discrete DDPM schedule and the matching continuous VP schedule.
-    Diffusion {
-        vp: VpContinuous,
-        ddpm: DdpmDiscrete,
-    },
-    /// A rectified-flow model.
-    Flow,
-}
-
-impl ModelSchedule {
-    /// The standard DDPM linear schedule (1e-4…0.02, 1000 steps) and its VP-SDE (0.1, 20).
-    pub fn ddpm_linear_default() -> Self {
-        ModelSchedule::Diffusion {
-            vp: DdpmDiscrete::linear_to_vp(1e-4, 0.02, 1000),
-            ddpm: DdpmDiscrete::linear(1e-4, 0.02, 1000).expect("valid"),
-        }
-    }
-
-    pub(crate) fn diffusion(&self, sampler: &str) -> Result<(&VpContinuous, &DdpmDiscrete)> {
-        match self {
-            ModelSchedule::Diffusion { vp, ddpm } => Ok((vp, ddpm)),
-            ModelSchedule::Flow => Err(Error::Unsupported(format!(
-                "sampler {sampler} needs a diffusion model, got a flow model"
-            ))),
-        }
-    }
-
-    pub(crate) fn flow(&self, sampler: &str) -> Result<()> {
-        match self {
-            ModelSchedule::Flow => Ok(()),
-            ModelSchedule::Diffusion { .. } => Err(Error::Unsupported(format!(
-                "sampler {sampler} needs a flow model, got a diffusion model"
-            ))),
         }
     }
 }

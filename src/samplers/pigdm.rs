@@ -30,13 +30,17 @@
 
 use ndarray::Zip;
 
-use super::c_pigdm::{check_batch, check_start_end, eps_then_vjp, time_grid};
+use super::common::{check_batch, check_start_end, eps_then_vjp, time_grid};
 use super::ddim::{ddim_coefficients, lambda_ddim_phis};
-use super::{check_range, ModelSchedule, Problem, Sampler, SamplerConfig};
+use super::{
+    check_range, unsupported_variant, ModelSchedule, Problem, Sampler, SamplerConfig, SamplerName,
+    SamplerVariant,
+};
 use crate::error::{Error, Result};
 use crate::model::Network;
-use crate::operators::Img;
+use crate::operators::OperatorKind;
 use crate::schedules::{DdpmDiscrete, VpContinuous};
+use crate::tensor::Img;
 
 /// Continuous form defaults (the official baseline script `baseline_cont_pgdm.sh`, docs/samplers.md §12).
 pub const DEFAULT_CONTINUOUS_STEPS: usize = 20;
@@ -79,16 +83,10 @@ impl Pigdm {
     /// Build from a spec's sampler settings (`variant`: `continuous` (default) or `discrete`).
     pub fn from_config(cfg: &SamplerConfig, sched: &ModelSchedule) -> Result<Self> {
         let (vp, ddpm) = sched.diffusion("pigdm")?;
-        let discrete = match cfg.variant.as_deref() {
-            None | Some("continuous") => false,
-            Some("discrete") => true,
-            Some(other) => {
-                return Err(Error::invalid(
-                    "pigdm variant",
-                    other,
-                    "one of continuous, discrete",
-                ))
-            }
+        let discrete = match cfg.variant {
+            None | Some(SamplerVariant::Continuous) => false,
+            Some(SamplerVariant::Discrete) => true,
+            Some(other) => return Err(unsupported_variant(SamplerName::Pigdm, other)),
         };
         let (def_steps, def_w) = if discrete {
             (DEFAULT_DISCRETE_STEPS, DEFAULT_DISCRETE_GUIDANCE)
@@ -109,12 +107,12 @@ impl Pigdm {
             }
         } else {
             let lambda = check_range("lambda", cfg.lambda.unwrap_or(0.0), -f64::MAX, f64::MAX)?;
-            let tau = cfg.start_time.unwrap_or(super::c_pigdm::DEFAULT_START_TIME);
-            let t_end = cfg.end_time.unwrap_or(super::c_pigdm::DEFAULT_END_TIME);
+            let tau = cfg.start_time.unwrap_or(super::common::DEFAULT_START_TIME);
+            let t_end = cfg.end_time.unwrap_or(super::common::DEFAULT_END_TIME);
             check_start_end(tau, t_end)?;
             let eps_n = check_range(
                 "num_eps",
-                cfg.num_eps.unwrap_or(super::c_pigdm::DEFAULT_NUM_EPS),
+                cfg.num_eps.unwrap_or(super::common::DEFAULT_NUM_EPS),
                 0.0,
                 1.0,
             )?;
@@ -165,7 +163,7 @@ impl Pigdm {
             .zip(&hys)
             .map(|(p, hy)| {
                 let z = p.init_noise();
-                if p.op.name() == "inpaint" {
+                if p.op.kind() == Some(OperatorKind::Inpaint) {
                     z
                 } else {
                     hy * mu0 + &(z * sigma0)
@@ -243,7 +241,7 @@ impl Pigdm {
                 let m = &ms[i];
                 let mut x0_hat = (&xs[i] - &(&eps[i] * sigma)) / mu;
                 let mut g = (m - &(&ge[i] * sigma)) / mu;
-                if p.op.name() == "inpaint" {
+                if p.op.kind() == Some(OperatorKind::Inpaint) {
                     // x̂₀ ⊙ (1 − mask) + y ⊙ mask = x̂₀ + m;  g ⊙ (1 − mask) = g − P g.
                     x0_hat += m;
                     g = &g - &p.op.project(&g);

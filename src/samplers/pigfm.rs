@@ -47,11 +47,11 @@
 
 use ndarray::Zip;
 
-use super::c_pigfm::{check_flow_batch, flow_grid, reject_unused, validate_flow_grid, velocity_jt};
-use super::{ModelSchedule, Problem, Sampler, SamplerConfig};
+use super::common::{check_flow_batch, flow_grid, reject_unused, validate_flow_grid, velocity_jt};
+use super::{unsupported_variant, ModelSchedule, Problem, Sampler, SamplerConfig, SamplerName};
 use crate::error::{Error, Result};
 use crate::model::Network;
-use crate::operators::Img;
+use crate::tensor::Img;
 
 /// ΠGFM settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,12 +97,8 @@ impl Pigfm {
                 "unset or 0: pigfm has no conjugate transform (use c-pigfm)",
             ));
         }
-        if let Some(v) = &cfg.variant {
-            return Err(Error::invalid(
-                "pigfm variant",
-                v,
-                "unset: pigfm has no variants",
-            ));
+        if let Some(v) = cfg.variant {
+            return Err(unsupported_variant(SamplerName::Pigfm, v));
         }
         let d = PigfmParams::default();
         Pigfm::new(PigfmParams {

@@ -9,7 +9,7 @@
 use super::{ModelSchedule, Problem, Sampler, SamplerConfig};
 use crate::error::Result;
 use crate::model::Network;
-use crate::operators::Img;
+use crate::tensor::Img;
 
 /// x̂ = H† y per problem. Reads no setting of the config.
 #[derive(Debug, Clone, Copy, Default)]

@@ -11,8 +11,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use ndarray::Zip;
+
+use super::quad;
 use crate::error::Result;
-use crate::operators::{Img, LinearOperator};
+use crate::operators::LinearOperator;
+use crate::tensor::Img;
 
 /// ρ = σ_y²/s² of one spectral coordinate: ∞ off the row space (s = 0), 0 on it when σ_y = 0.
 pub fn rho(sigma_y: f64, s: f64) -> f64 {
@@ -21,6 +25,73 @@ pub fn rho(sigma_y: f64, s: f64) -> f64 {
     } else {
         sigma_y * sigma_y / (s * s)
     }
+}
+
+/// The three ΔΦ's of each step [t_k, t_{k+1}] of `grid` for one ρ, by quadrature of the integrands of the
+/// model term (`f_own`: ε̂ or v̂), the measurement term (`f_y`) and the Jacobian term (`f_j`). The
+/// measurement term is 0 off the row space (ρ = ∞), where H†y has no component.
+pub fn step_phis(
+    grid: &[f64],
+    rho: f64,
+    f_own: impl Fn(f64) -> f64,
+    f_y: impl Fn(f64) -> f64,
+    f_j: impl Fn(f64) -> f64,
+) -> Result<[Vec<f64>; 3]> {
+    let steps = grid.len() - 1;
+    let mut phis = [
+        Vec::with_capacity(steps),
+        Vec::with_capacity(steps),
+        Vec::with_capacity(steps),
+    ];
+    for k in 0..steps {
+        let (ta, tb) = (grid[k], grid[k + 1]);
+        phis[0].push(quad::integrate(&f_own, ta, tb)?);
+        phis[1].push(if rho.is_infinite() {
+            0.0
+        } else {
+            quad::integrate(&f_y, ta, tb)?
+        });
+        phis[2].push(quad::integrate(&f_j, ta, tb)?);
+    }
+    Ok(phis)
+}
+
+/// What a noisy integrator's per-ρ table gives one step k: its three ΔΦ's (model term, measurement term,
+/// Jacobian term) and ln a(t_{k+1}).
+pub trait StepTable {
+    fn phis(&self, k: usize) -> [f64; 3];
+    fn log_a_next(&self, k: usize) -> f64;
+}
+
+/// One step of a noisy integrator in the spectral basis, for one problem: x̄ ← decay·x̄ + ΔΦ_own ⊙ Vᵀown
+/// + ΔΦ_y ⊙ ŷ + ΔΦ_j ⊙ Vᵀg, each coordinate with its own ρ's table; returns x = V(x̄ / a(t_{k+1})).
+#[allow(clippy::too_many_arguments)]
+pub fn advance<T: StepTable>(
+    map: &SpectralMap<T>,
+    op: &dyn LinearOperator,
+    k: usize,
+    decay: f64,
+    xbar: &mut Img,
+    yhat: &Img,
+    own: &Img,
+    g: &Img,
+) -> Img {
+    let shape = op.x_shape();
+    let coef = |i: usize| map.fill(&shape, |c| c.phis(k)[i]);
+    let (phi_own, phi_y, phi_j) = (coef(0), coef(1), coef(2));
+    let (vo, vg) = (op.vt(own), op.vt(g));
+    Zip::from(&mut *xbar)
+        .and(&phi_own)
+        .and(&vo)
+        .and(&phi_y)
+        .and(yhat)
+        .for_each(|xb, &po, &o, &py, &y| *xb = decay * *xb + po * o + py * y);
+    Zip::from(&mut *xbar)
+        .and(&phi_j)
+        .and(&vg)
+        .for_each(|xb, &pj, &g| *xb += pj * g);
+    let inv_a = map.fill(&shape, |c| (-c.log_a_next(k)).exp());
+    op.v(&(&*xbar * &inv_a))
 }
 
 /// A problem's spectral coordinates grouped by their ρ.

@@ -181,6 +181,46 @@ pub fn linspace(a: f64, b: f64, n: usize) -> Vec<f64> {
         .collect()
 }
 
+/// The schedules a model offers to samplers.
+#[derive(Debug, Clone)]
+pub enum ModelSchedule {
+    /// A diffusion model: its discrete DDPM schedule and the matching continuous VP schedule.
+    Diffusion {
+        vp: VpContinuous,
+        ddpm: DdpmDiscrete,
+    },
+    /// A rectified-flow model.
+    Flow,
+}
+
+impl ModelSchedule {
+    /// The standard DDPM linear schedule (1e-4…0.02, 1000 steps) and its VP-SDE (0.1, 20).
+    pub fn ddpm_linear_default() -> Self {
+        ModelSchedule::Diffusion {
+            vp: DdpmDiscrete::linear_to_vp(1e-4, 0.02, 1000),
+            ddpm: DdpmDiscrete::linear(1e-4, 0.02, 1000).expect("valid"),
+        }
+    }
+
+    pub(crate) fn diffusion(&self, sampler: &str) -> Result<(&VpContinuous, &DdpmDiscrete)> {
+        match self {
+            ModelSchedule::Diffusion { vp, ddpm } => Ok((vp, ddpm)),
+            ModelSchedule::Flow => Err(Error::Unsupported(format!(
+                "sampler {sampler} needs a diffusion model, got a flow model"
+            ))),
+        }
+    }
+
+    pub(crate) fn flow(&self, sampler: &str) -> Result<()> {
+        match self {
+            ModelSchedule::Flow => Ok(()),
+            ModelSchedule::Diffusion { .. } => Err(Error::Unsupported(format!(
+                "sampler {sampler} needs a flow model, got a diffusion model"
+            ))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

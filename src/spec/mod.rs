@@ -22,54 +22,16 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::model::{EngineChoice, JacobianMode, Provider, RuntimeOptions};
+pub use crate::operators::OperatorKind;
 use crate::operators::{Degradation, DEFAULT_SVD_THRESHOLD};
-use crate::samplers::{SamplerConfig, SamplerName};
+use crate::samplers::{SamplerConfig, SamplerName, SamplerVariant};
 
+pub mod hash;
 pub mod node;
+mod short;
 pub mod study;
 
 use node::{Node, Origin, Value};
-
-/// The degradation named by `task.operator`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OperatorKind {
-    SrAverage,
-    SrBicubic,
-    Inpaint,
-    DeblurGaussian,
-    DeblurUniform,
-    Colorize,
-    Denoise,
-}
-
-impl OperatorKind {
-    pub const ALL: [OperatorKind; 7] = [
-        OperatorKind::SrAverage,
-        OperatorKind::SrBicubic,
-        OperatorKind::Inpaint,
-        OperatorKind::DeblurGaussian,
-        OperatorKind::DeblurUniform,
-        OperatorKind::Colorize,
-        OperatorKind::Denoise,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            OperatorKind::SrAverage => "sr-average",
-            OperatorKind::SrBicubic => "sr-bicubic",
-            OperatorKind::Inpaint => "inpaint",
-            OperatorKind::DeblurGaussian => "deblur-gaussian",
-            OperatorKind::DeblurUniform => "deblur-uniform",
-            OperatorKind::Colorize => "colorize",
-            OperatorKind::Denoise => "denoise",
-        }
-    }
-
-    /// Whether the operator is a super-resolution (output `scale`× the input).
-    pub fn is_sr(&self) -> bool {
-        matches!(self, OperatorKind::SrAverage | OperatorKind::SrBicubic)
-    }
-}
 
 /// Which half of the image a `half` mask hides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +144,39 @@ pub struct TaskSpec {
     /// `task.data_consistency`: after the sampler, x ← x + H†(y − H x), so the restoration agrees with
     /// the measurement (known pixels kept, SR output downsamples to y). Default: on when noise_sigma = 0.
     pub data_consistency: bool,
+}
+
+impl TaskSpec {
+    /// The degradation, given the image's mask for `inpaint` (1 = known, H×W of the restored image).
+    pub fn degradation(&self, mask: Option<Array2<f64>>) -> Result<Degradation> {
+        let t = self;
+        Ok(match t.operator {
+            OperatorKind::Denoise => Degradation::Denoise,
+            OperatorKind::SrAverage => Degradation::SrAverage { scale: t.scale },
+            OperatorKind::SrBicubic => Degradation::SrBicubic {
+                scale: t.scale,
+                threshold: t.svd_threshold,
+            },
+            OperatorKind::Inpaint => Degradation::Inpaint {
+                mask: mask.ok_or_else(|| {
+                    Error::Unsupported("inpaint needs a mask for every image".into())
+                })?,
+            },
+            OperatorKind::DeblurGaussian => {
+                let k = t.kernel.as_ref().expect("validated");
+                Degradation::DeblurGaussian {
+                    size: k.size,
+                    sigma: k.sigma.expect("validated"),
+                    threshold: t.svd_threshold,
+                }
+            }
+            OperatorKind::DeblurUniform => Degradation::DeblurUniform {
+                size: t.kernel.as_ref().expect("validated").size,
+                threshold: t.svd_threshold,
+            },
+            OperatorKind::Colorize => Degradation::Colorize,
+        })
+    }
 }
 
 /// `sampler`: the sampler settings themselves plus what only a spec names.
@@ -989,32 +984,19 @@ impl PipelineSpec {
         let variant = match s.get("variant") {
             None => None,
             Some(n) => {
-                let allowed: &[&str] = match name {
-                    SamplerName::Pigdm => &["continuous", "discrete"],
-                    SamplerName::CPigdm => &["auto", "noiseless", "noisy", "official"],
-                    SamplerName::CPigfm => &["derived", "auto", "noiseless", "official"],
-                    _ => &[],
-                };
-                if allowed.is_empty() {
+                if name.variants().is_empty() {
                     return Err(ctx.err(
                         &n.origin,
                         format!("sampler {} has no variants", name.as_str()),
                     ));
                 }
-                let choices: Vec<(&str, &str)> = allowed.iter().map(|a| (*a, *a)).collect();
-                Some(ctx.choice(n, "variant", &choices)?.to_owned())
+                let choices: Vec<(&str, SamplerVariant)> =
+                    name.variants().iter().map(|v| (v.as_str(), *v)).collect();
+                Some(ctx.choice(n, "variant", &choices)?)
             }
         };
         let jacobian = match s.get("jacobian") {
-            Some(n) => ctx.choice(
-                n,
-                "jacobian",
-                &[
-                    ("exact", JacobianMode::Exact),
-                    ("finite-difference", JacobianMode::FiniteDifference),
-                    ("identity", JacobianMode::Identity),
-                ],
-            )?,
+            Some(n) => ctx.choice(n, "jacobian", &JacobianMode::ALL.map(|m| (m.as_str(), m)))?,
             None => JacobianMode::Exact,
         };
         let init_noise = s
@@ -1176,33 +1158,7 @@ impl PipelineSpec {
 
     /// The degradation, given the image's mask for `inpaint` (1 = known, H×W of the restored image).
     pub fn degradation(&self, mask: Option<Array2<f64>>) -> Result<Degradation> {
-        let t = &self.task;
-        Ok(match t.operator {
-            OperatorKind::Denoise => Degradation::Denoise,
-            OperatorKind::SrAverage => Degradation::SrAverage { scale: t.scale },
-            OperatorKind::SrBicubic => Degradation::SrBicubic {
-                scale: t.scale,
-                threshold: t.svd_threshold,
-            },
-            OperatorKind::Inpaint => Degradation::Inpaint {
-                mask: mask.ok_or_else(|| {
-                    Error::Unsupported("inpaint needs a mask for every image".into())
-                })?,
-            },
-            OperatorKind::DeblurGaussian => {
-                let k = t.kernel.as_ref().expect("validated");
-                Degradation::DeblurGaussian {
-                    size: k.size,
-                    sigma: k.sigma.expect("validated"),
-                    threshold: t.svd_threshold,
-                }
-            }
-            OperatorKind::DeblurUniform => Degradation::DeblurUniform {
-                size: t.kernel.as_ref().expect("validated").size,
-                threshold: t.svd_threshold,
-            },
-            OperatorKind::Colorize => Degradation::Colorize,
-        })
+        self.task.degradation(mask)
     }
 
     /// How to run the model.
@@ -1242,38 +1198,26 @@ impl PipelineSpec {
     /// and the output encoding (`io.format`, `io.bit_depth`, `io.jpeg_quality`), not where files are or
     /// how fast they are made (paths, engine, providers, batch size, threads, shards). A rerun into a folder
     /// whose outputs carry another settings hash would silently keep outputs made otherwise (issue 16).
+    /// Computed over the canonical JSON of these settings ([`hash`](mod@hash)), so it changes when one of
+    /// them changes, not when code is refactored.
     pub fn settings_hash(&self) -> String {
-        let what = (
-            &self.version,
-            &self.model,
-            &self.task,
-            &self.sampler,
-            self.seed,
-            self.runtime.tile_size,
-            self.runtime.tile_overlap,
-            self.io.format,
-            self.io.bit_depth,
-            self.io.jpeg_quality,
-        );
-        let digest = Sha256::digest(format!("{what:?}").as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        hash::digest(&hash::settings(self))
     }
 
-    /// SHA-256 (hex) of the resolved spec: every key after defaults, overrides and path resolution
-    /// (the `Debug` rendering of this struct, without the spec file's own path, `runtime.batch_size` and
-    /// `runtime.threads`, which do not change results). Two runs with the same hash used the same
-    /// settings.
+    /// Whether a manifest record's `settings_hash` was made with this spec's settings: today's
+    /// [`settings_hash`](Self::settings_hash), or the `Debug`-based hash of earlier versions
+    /// ([`hash::legacy_settings_hash`]), so that outputs made before the canonical hash still resume.
+    pub fn settings_hash_matches(&self, recorded: &str) -> bool {
+        recorded == self.settings_hash() || recorded == hash::legacy_settings_hash(self)
+    }
+
+    /// SHA-256 (hex) of the resolved spec: every key after defaults, overrides and path resolution, in
+    /// the canonical JSON form ([`hash`](mod@hash)), without the spec file's own path,
+    /// `runtime.batch_size` and `runtime.threads`, which do not change results (outputs are identical
+    /// across batch sizes and thread counts, and every output image carries this hash). Two runs with the
+    /// same hash used the same settings.
     pub fn hash(&self) -> String {
-        let mut s = self.clone();
-        s.source = None;
-        // Settings that cannot change a result (outputs are identical across batch sizes and thread
-        // counts, and every output image carries this hash) are left out.
-        s.runtime.providers_given = false;
-        s.runtime.batch_size = 0;
-        s.runtime.threads = 0;
-        s.model_location = String::new();
-        let digest = Sha256::digest(format!("{s:?}").as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        hash::digest(&hash::resolved(self))
     }
 }
 

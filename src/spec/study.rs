@@ -431,17 +431,7 @@ impl StudySpec {
             None => vec![JacobianMode::Exact],
             Some(n) => list(ctx, n, "jacobian")?
                 .iter()
-                .map(|v| {
-                    ctx.choice(
-                        v,
-                        "jacobian",
-                        &[
-                            ("exact", JacobianMode::Exact),
-                            ("finite-difference", JacobianMode::FiniteDifference),
-                            ("identity", JacobianMode::Identity),
-                        ],
-                    )
-                })
+                .map(|v| ctx.choice(v, "jacobian", &JacobianMode::ALL.map(|m| (m.as_str(), m))))
                 .collect::<Result<Vec<_>>>()?,
         };
         let run_tasks = match s.get("tasks") {
@@ -532,14 +522,7 @@ impl StudySpec {
                 put(k, v.clone());
             }
             put("steps", int_node(nfe));
-            put(
-                "jacobian",
-                str_node(match jacobian {
-                    JacobianMode::Exact => "exact",
-                    JacobianMode::FiniteDifference => "finite-difference",
-                    JacobianMode::Identity => "identity",
-                }),
-            );
+            put("jacobian", str_node(jacobian.as_str()));
         }
         let model = self.model_for(run.sampler).cloned().unwrap_or_default();
         let mut root = vec![

@@ -1,10 +1,13 @@
 //! The study's figures: PSNR against NFE per task (SVG, plotters) and, per task, an image grid
 //! clean | y | each run's restoration at its first configuration (PNG, drawn like `conjure eval --plot`).
+//! The SVG chart needs plotters, which comes with the `cli` feature; without it the chart is skipped
+//! with a warning (the study's numbers and grids are written either way).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use image::RgbImage;
+#[cfg(feature = "cli")]
 use plotters::prelude::*;
 
 use super::{measure, ConfigResult, Sample, StudyReport};
@@ -13,9 +16,10 @@ use crate::imageio;
 use crate::metrics::plot::{
     draw_image, draw_text, text_width, BACKGROUND, CELL_TARGET, DIM_INK, GAP, INK, MARGIN,
 };
-use crate::operators::Img;
 use crate::spec::study::{StudySpec, StudyTask};
+use crate::tensor::Img;
 
+#[cfg(feature = "cli")]
 const COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -29,6 +33,7 @@ const COLORS: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
+#[cfg(feature = "cli")]
 fn plot_err(path: &Path) -> impl Fn(String) -> Error + '_ {
     move |m| Error::Image {
         path: path.to_path_buf(),
@@ -36,9 +41,20 @@ fn plot_err(path: &Path) -> impl Fn(String) -> Error + '_ {
     }
 }
 
+/// Without plotters (`cli` feature off): no chart, a warning instead.
+#[cfg(not(feature = "cli"))]
+pub fn psnr_vs_nfe(_results: &[ConfigResult], _tasks: &[&StudyTask], path: &Path) -> Result<()> {
+    tracing::warn!(
+        "{} not drawn: conjure was built without its `cli` feature (plotters)",
+        path.display()
+    );
+    Ok(())
+}
+
 /// One panel per task: mean PSNR against NFE (log axis), one line per (run, Jacobian mode): a colour per
 /// run, solid for the exact Jacobian, dashed for finite differences, dotted for the identity; diverged
 /// configurations are left out of their line. The legend takes a panel of its own.
+#[cfg(feature = "cli")]
 pub fn psnr_vs_nfe(results: &[ConfigResult], tasks: &[&StudyTask], path: &Path) -> Result<()> {
     let err = plot_err(path);
     let mut runs: Vec<&str> = Vec::new();

@@ -13,7 +13,8 @@ use assert_cmd::Command;
 pub fn bin() -> PathBuf {
     std::env::var_os("CONJURE_TEST_BIN")
         .map(Into::into)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_conjure").into())
+        .or_else(|| option_env!("CARGO_BIN_EXE_conjure").map(Into::into))
+        .expect("the conjure binary: build with the `cli` feature (on by default) or set CONJURE_TEST_BIN")
 }
 
 /// A command for the binary under test, with `RUST_LOG` removed so its logging is the default.

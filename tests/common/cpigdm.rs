@@ -216,7 +216,5 @@ pub fn euler(f: &dyn Fn(f64, &Img) -> Img, x0: &Img, ts: &[f64]) -> Img {
     x
 }
 
-#[path = "../common/numeric.rs"]
-mod numeric;
 #[allow(unused_imports)] // not every test file that includes this module uses it
-pub use numeric::loglog_slope;
+pub use super::numeric::loglog_slope;
