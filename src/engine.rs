@@ -379,3 +379,79 @@ impl Restorer {
         self.engine().restore(&self.spec, batch, None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A network that is never asked (H†y needs none) but says it has a VJP.
+    struct Unused;
+
+    impl Denoiser for Unused {
+        fn engine(&self) -> String {
+            "unused".into()
+        }
+        fn predict(&self, _x: ArrayView4<f64>, _t: &[f64]) -> Result<Array4<f64>> {
+            Err(Error::Unsupported("not called".into()))
+        }
+        fn has_vjp(&self) -> bool {
+            true
+        }
+    }
+
+    fn spec(sampler: &str, operator: &str) -> PipelineSpec {
+        let text = format!(
+            "version: 1\nmodel: ../models/fmnist-ddpm\ntask: {{operator: {operator}}}\nsampler: {{name: {sampler}}}\n"
+        );
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+        PipelineSpec::parse(&text, "t.yaml", &base, &[]).unwrap()
+    }
+
+    #[test]
+    fn a_model_folder_is_checked_against_the_spec_without_loading_it() {
+        let s = spec("c-pigfm", "denoise");
+        let e = ModelDir::open(&s).unwrap().check(&s).unwrap_err();
+        assert!(matches!(e, Error::Config { .. }), "{e}");
+        assert!(e.to_string().contains("needs a flow model"), "{e}");
+        let s = spec("pinv", "colorize");
+        let e = ModelDir::open(&s).unwrap().check(&s).unwrap_err();
+        assert!(e.to_string().contains("needs a 3-channel model"), "{e}");
+        let s = spec("pinv", "denoise");
+        ModelDir::open(&s).unwrap().check(&s).unwrap();
+    }
+
+    #[test]
+    fn restore_returns_each_image_of_a_batch_in_order_through_the_tiling() {
+        // H†y for denoising is y itself, whatever the image size (64x40 is cut into 32x32 tiles, which
+        // H†y never asks for): the batch comes back image by image, in order, with no network call.
+        let s = spec("pinv", "denoise");
+        let r =
+            Restorer::new(&s, ModelDir::open(&s).unwrap(), Arc::new(Unused), &|n, _| n).unwrap();
+        let op = build_operator(&Degradation::Denoise, [1, 64, 40]).unwrap();
+        let ys: Vec<Img> = (0..3)
+            .map(|k| {
+                Img::from_shape_fn((1, 64, 40), |(_, i, j)| {
+                    (k * 7 + i * 40 + j) as f64 / 3000.0
+                })
+            })
+            .collect();
+        let batch: Vec<Observation> = ys
+            .iter()
+            .enumerate()
+            .map(|(k, y)| Observation {
+                op: &op,
+                y,
+                seed: k as u64,
+                init_noise: None,
+            })
+            .collect();
+        let out = r.restore(&batch).unwrap();
+        assert_eq!(out.nfe, 0);
+        assert_eq!(out.images, ys);
+        assert_eq!(
+            r.engine().model.size,
+            None,
+            "the tiled engine takes any size"
+        );
+    }
+}

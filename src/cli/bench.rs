@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use serde::Serialize;
 
 use conjure::engine::{ModelDir, ModelInfo, Restorer};
@@ -63,7 +63,7 @@ use conjure::model::analytic::{
 use conjure::model::timed::TimedDenoiser;
 use conjure::model::{Denoiser, ModelKind, Network};
 use conjure::operators::Img;
-use conjure::pipeline::{self, manifest, ProgressMode, RunOptions};
+use conjure::pipeline::{self, manifest, output, ProgressMode, RunOptions};
 use conjure::samplers::{ModelSchedule, Problem, Sampler};
 use conjure::schedules::TimeInput;
 use conjure::spec::{MaskSpec, Override, PipelineSpec};
@@ -390,11 +390,7 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         .map(|s| Override::parse(s))
         .collect::<conjure::Result<Vec<_>>>()?;
     let mut spec = PipelineSpec::load(&args.spec, &overrides)?;
-    let input = args
-        .input
-        .clone()
-        .or_else(|| spec.io.input.clone())
-        .ok_or_else(|| anyhow!("no input: give --input or io.input in the spec"))?;
+    let input = output::given_or_spec(args.input.as_ref(), spec.io.input.as_ref(), "input")?;
     let items = pipeline::discover(&input, None)?;
     if items.is_empty() {
         bail!(

@@ -25,6 +25,7 @@ use clap::Args;
 use serde_json::json;
 
 use conjure::pipeline::manifest::{self, is_manifest_name};
+use conjure::pipeline::output;
 use conjure::pipeline::{self, ManifestRecord, Status};
 
 use super::{load_spec, Failure, EXIT_FAILED_INPUTS, EXIT_OK};
@@ -141,16 +142,8 @@ fn read_manifest(n: usize, path: &Path) -> anyhow::Result<Vec<Record>> {
 
 pub fn merge(args: &MergeArgs) -> Result<i32, Failure> {
     let spec = load_spec(&args.spec, &args.set)?;
-    let input = args
-        .input
-        .clone()
-        .or_else(|| spec.io.input.clone())
-        .ok_or_else(|| anyhow!("no input: give --input or io.input in the spec"))?;
-    let output = args
-        .output
-        .clone()
-        .or_else(|| spec.io.output.clone())
-        .ok_or_else(|| anyhow!("no output: give --output or io.output in the spec"))?;
+    let input = output::given_or_spec(args.input.as_ref(), spec.io.input.as_ref(), "input")?;
+    let output = output::given_or_spec(args.output.as_ref(), spec.io.output.as_ref(), "output")?;
     // Unreadable parts of the tree are not inputs; `run` records them as failed lines, which the audit
     // lists among the records for paths outside the input list.
     let (items, _problems) = pipeline::discover_all(&input, Some(&output))?;

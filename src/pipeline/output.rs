@@ -124,22 +124,21 @@ fn resolves_inside(root: &Path, out: &Path, d: &Path) -> Result<PathBuf> {
 
 /// Resolve the input and output of a run (CLI over spec).
 pub(crate) fn resolve_io(spec: &PipelineSpec, opts: &RunOptions) -> Result<(PathBuf, PathBuf)> {
-    let input = opts
-        .input
-        .clone()
-        .or_else(|| spec.io.input.clone())
-        .ok_or_else(|| Error::Config {
-            message: "no input: give --input or io.input in the spec".into(),
-        })?;
-    let output = opts
-        .output
-        .clone()
-        .or_else(|| spec.io.output.clone())
-        .ok_or_else(|| Error::Config {
-            message: "no output: give --output or io.output in the spec".into(),
-        })?;
+    let input = given_or_spec(opts.input.as_ref(), spec.io.input.as_ref(), "input")?;
+    let output = given_or_spec(opts.output.as_ref(), spec.io.output.as_ref(), "output")?;
     check_io(&input, &output)?;
     Ok((input, output))
+}
+
+/// The `--input` / `--output` given (`what`), else the spec's `io.<what>`, else an error saying so.
+pub fn given_or_spec(
+    given: Option<&PathBuf>,
+    spec: Option<&PathBuf>,
+    what: &str,
+) -> Result<PathBuf> {
+    given.or(spec).cloned().ok_or_else(|| Error::Config {
+        message: format!("no {what}: give --{what} or io.{what} in the spec"),
+    })
 }
 
 /// The input exists and the output is not a file (a folder, or nothing yet): the checks `validate` and
