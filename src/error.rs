@@ -3,12 +3,22 @@
 
 use std::path::PathBuf;
 
-/// Every fallible library call returns this.
+/// Every fallible library call returns this. New variants may be added, so matches need a `_` arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The pipeline spec (or a `--set` override) is wrong. `location` is `file:line:col` where known.
     #[error("{location}{message}")]
     Spec { location: String, message: String },
+
+    /// The settings of a run do not fit together or with the files they name (no input or output, the
+    /// output is the input, a sampler for another kind of model, outputs made with other settings).
+    #[error("{message}")]
+    Config { message: String },
+
+    /// A run was stopped (SIGINT / SIGTERM, or its stop flag) before this work was done.
+    #[error("the run was stopped")]
+    Interrupted,
 
     /// A value is out of range or of the wrong kind.
     #[error("invalid {what} {value} (expected {expected})")]

@@ -26,6 +26,7 @@
 //! assert_eq!(eps[0].shape(), &[1, 4, 4]);
 //! ```
 
+pub mod engine;
 pub mod error;
 pub mod imageio;
 pub mod metrics;

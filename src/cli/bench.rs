@@ -53,17 +53,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use serde::Serialize;
 
+use conjure::engine::{ModelDir, ModelInfo, Restorer};
 use conjure::model::analytic::{
     GaussianDiffusion, GaussianFlow, GaussianPrior, IdentityBasis, NoiseLevel,
 };
-use conjure::model::card::ModelCard;
 use conjure::model::timed::TimedDenoiser;
 use conjure::model::{Denoiser, ModelKind, Network};
-use conjure::operators::{Degradation, Img};
-use conjure::pipeline::{self, Engine, ModelInfo, ProgressMode, RunOptions};
+use conjure::operators::Img;
+use conjure::pipeline::{self, manifest, output, ProgressMode, RunOptions};
 use conjure::samplers::{ModelSchedule, Problem, Sampler};
 use conjure::schedules::TimeInput;
 use conjure::spec::{MaskSpec, Override, PipelineSpec};
@@ -395,11 +395,7 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         .map(|s| Override::parse(s))
         .collect::<conjure::Result<Vec<_>>>()?;
     let mut spec = PipelineSpec::load(&args.spec, &overrides)?;
-    let input = args
-        .input
-        .clone()
-        .or_else(|| spec.io.input.clone())
-        .ok_or_else(|| anyhow!("no input: give --input or io.input in the spec"))?;
+    let input = output::given_or_spec(args.input.as_ref(), spec.io.input.as_ref(), "input")?;
     let items = pipeline::discover(&input, None)?;
     if items.is_empty() {
         bail!(
@@ -414,30 +410,29 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
 
     // Setup: model (or oracle), timing decorators, sampler.
     let t_setup = Instant::now();
-    let card = ModelCard::load(&spec.model)?;
-    let mut info = ModelInfo::from_card(&card, &spec.model)?;
-    let shape = [card.image.channels, card.image.height, card.image.width];
+    let model = ModelDir::open(&spec)?;
+    let shape = [
+        model.card.image.channels,
+        model.card.image.height,
+        model.card.image.width,
+    ];
     let inner: Arc<dyn Denoiser> = if args.analytic {
-        analytic_denoiser(&info, shape)?
+        analytic_denoiser(&model.info, shape)?
     } else {
         Arc::from(conjure::model::load(&spec.model, &spec.runtime_options())?.denoiser)
     };
-    pipeline::check_model(&spec, info.kind, inner.has_vjp())?;
+    // The timer sits directly around the network, inside the tiling.
     let timed = Arc::new(TimedDenoiser::new(inner.clone()));
-    let tiled = pipeline::tiled_denoiser(&spec, &card, timed.clone())?;
-    info.size = None;
-    let sampler = conjure::samplers::build(&spec.sampler_config(), &info.schedule)?;
+    let around = timed.clone();
+    let restorer = Restorer::new(&spec, model, inner.clone(), &move |_, _| {
+        around.clone() as Arc<dyn Denoiser>
+    })?;
+    let sampler = restorer.sampler();
     let timed_sampler = TimedSampler {
-        inner: sampler.as_ref(),
+        inner: sampler,
         nanos: AtomicU64::new(0),
     };
-    let build = |d: &Degradation, s: [usize; 3]| d.build(s);
-    let engine = Engine {
-        model: info,
-        denoiser: &tiled,
-        sampler: &timed_sampler,
-        build_operator: &build,
-    };
+    let engine = restorer.engine_with(&timed_sampler);
     let setup = t_setup.elapsed().as_secs_f64();
 
     let tmp = TempDir::new()?;
@@ -465,6 +460,7 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         shard: None,
         manifest: Some(manifest.clone()),
         progress: ProgressMode::Quiet,
+        display: None,
         stop: None,
         watch: None,
     };
@@ -495,13 +491,11 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let peak_rss = peak_rss_bytes();
 
     // Per-image seconds and NFE from the manifest.
-    let text = std::fs::read_to_string(&manifest)
-        .with_context(|| format!("cannot read {}", manifest.display()))?;
     let (mut image_seconds, mut evaluations) = (0.0, 0usize);
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        image_seconds += v["seconds"].as_f64().unwrap_or(0.0);
-        evaluations += v["nfe"].as_u64().unwrap_or(0) as usize;
+    for (line, rec) in manifest::read(&manifest)? {
+        let rec = rec.with_context(|| format!("{}:{line}", manifest.display()))?;
+        image_seconds += rec.seconds;
+        evaluations += rec.nfe;
     }
 
     let net = timed.times();

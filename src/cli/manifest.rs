@@ -22,9 +22,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use conjure::pipeline;
+use conjure::pipeline::manifest::{self, is_manifest_name};
+use conjure::pipeline::output;
+use conjure::pipeline::{self, ManifestRecord, Status};
 
 use super::{load_spec, Failure, EXIT_FAILED_INPUTS, EXIT_OK};
 
@@ -57,9 +59,7 @@ pub struct MergeArgs {
 
 /// A manifest line with where it came from.
 struct Record {
-    value: Value,
-    status: String,
-    finished_at: u64,
+    rec: ManifestRecord,
     /// (manifest number, line number): the order records were written in, within a file.
     order: (usize, usize),
 }
@@ -71,14 +71,17 @@ struct History<'a> {
 }
 
 impl History<'_> {
-    fn count(&self, status: &str) -> usize {
-        self.records.iter().filter(|r| r.status == status).count()
+    fn count(&self, status: Status) -> usize {
+        self.records
+            .iter()
+            .filter(|r| r.rec.status == status)
+            .count()
     }
 
     /// The final status and the record that decided it.
-    fn decide(&self) -> Option<(&'static str, &Record)> {
-        for status in ["restored", "skipped", "failed"] {
-            if let Some(r) = self.records.iter().rev().find(|r| r.status == status) {
+    fn decide(&self) -> Option<(Status, &Record)> {
+        for status in [Status::Restored, Status::Skipped, Status::Failed] {
+            if let Some(r) = self.records.iter().rev().find(|r| r.rec.status == status) {
                 return Some((status, r));
             }
         }
@@ -100,8 +103,7 @@ fn find_manifests(output: &Path, skip: Option<&Path>) -> anyhow::Result<Vec<Path
     for e in dir {
         let e = e.with_context(|| format!("cannot read the output folder {}", output.display()))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("conjure-manifest")
-            && name.ends_with(".jsonl")
+        if is_manifest_name(&name)
             && e.file_type().is_ok_and(|t| t.is_file())
             && Some(key(&e.path())) != skip
         {
@@ -115,36 +117,24 @@ fn find_manifests(output: &Path, skip: Option<&Path>) -> anyhow::Result<Vec<Path
 fn read_manifest(n: usize, path: &Path) -> anyhow::Result<Vec<Record>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let last = text.lines().count();
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: Value = match serde_json::from_str(line) {
-            Ok(v) => v,
+    for (line, rec) in manifest::parse(&text) {
+        let rec = match rec {
+            Ok(rec) => rec,
             // A run killed mid-write can leave a partial last line; anything else is corruption.
-            Err(_) if i + 1 == text.lines().count() && !text.ends_with('\n') => {
+            Err(_) if line == last && !text.ends_with('\n') => {
                 eprintln!(
-                    "conjure: warning: {}:{}: ignoring a truncated last line",
-                    path.display(),
-                    i + 1
+                    "conjure: warning: {}:{line}: ignoring a truncated last line",
+                    path.display()
                 );
                 continue;
             }
-            Err(e) => bail!("{}:{}: not a manifest record: {e}", path.display(), i + 1),
+            Err(e) => bail!("{}:{line}: not a manifest record: {e}", path.display()),
         };
-        let status = value["status"]
-            .as_str()
-            .ok_or_else(|| anyhow!("{}:{}: record without a status", path.display(), i + 1))?
-            .to_string();
-        if value["input"].as_str().is_none() {
-            bail!("{}:{}: record without an input", path.display(), i + 1);
-        }
         out.push(Record {
-            finished_at: value["finished_at"].as_u64().unwrap_or(0),
-            value,
-            status,
-            order: (n, i),
+            rec,
+            order: (n, line - 1),
         });
     }
     Ok(out)
@@ -152,16 +142,8 @@ fn read_manifest(n: usize, path: &Path) -> anyhow::Result<Vec<Record>> {
 
 pub fn merge(args: &MergeArgs) -> Result<i32, Failure> {
     let spec = load_spec(&args.spec, &args.set)?;
-    let input = args
-        .input
-        .clone()
-        .or_else(|| spec.io.input.clone())
-        .ok_or_else(|| anyhow!("no input: give --input or io.input in the spec"))?;
-    let output = args
-        .output
-        .clone()
-        .or_else(|| spec.io.output.clone())
-        .ok_or_else(|| anyhow!("no output: give --output or io.output in the spec"))?;
+    let input = output::given_or_spec(args.input.as_ref(), spec.io.input.as_ref(), "input")?;
+    let output = output::given_or_spec(args.output.as_ref(), spec.io.output.as_ref(), "output")?;
     // Unreadable parts of the tree are not inputs; `run` records them as failed lines, which the audit
     // lists among the records for paths outside the input list.
     let (items, _problems) = pipeline::discover_all(&input, Some(&output))?;
@@ -182,7 +164,7 @@ pub fn merge(args: &MergeArgs) -> Result<i32, Failure> {
         records.extend(read_manifest(n, m)?);
     }
     // Chronological: by finish time, then by position within a file (one second holds many records).
-    records.sort_by_key(|r| (r.finished_at, r.order));
+    records.sort_by_key(|r| (r.rec.finished_at, r.order));
 
     let index: HashMap<PathBuf, usize> = items
         .iter()
@@ -193,9 +175,9 @@ pub fn merge(args: &MergeArgs) -> Result<i32, Failure> {
     let mut unknown = BTreeSet::new();
     let mut hashes = BTreeSet::new();
     for r in &records {
-        let inp = r.value["input"].as_str().expect("checked on read");
-        if let Some(h) = r.value["spec_hash"].as_str() {
-            hashes.insert(h.to_string());
+        let inp = r.rec.input.as_str();
+        if !r.rec.spec_hash.is_empty() {
+            hashes.insert(r.rec.spec_hash.clone());
         }
         match index.get(&key(Path::new(inp))) {
             Some(&i) => histories[i].records.push(r),
@@ -218,20 +200,21 @@ pub fn merge(args: &MergeArgs) -> Result<i32, Failure> {
             continue;
         };
         match status {
-            "restored" => restored += 1,
-            "skipped" => skipped += 1,
-            _ => {
+            Status::Restored => restored += 1,
+            Status::Skipped => skipped += 1,
+            Status::Failed => {
                 failed += 1;
-                failures.push(json!({"input": name, "error": rec.value["error"]}));
+                failures.push(json!({"input": name, "error": rec.rec.error}));
             }
         }
-        if status != "failed" && h.count("failed") > 0 {
+        if status != Status::Failed && h.count(Status::Failed) > 0 {
             recovered.push(name.clone());
         }
-        if h.count("restored") > 1 {
-            twice.push(json!({"input": name, "times": h.count("restored")}));
+        let times = h.count(Status::Restored);
+        if times > 1 {
+            twice.push(json!({"input": name, "times": times}));
         }
-        merged.push_str(&serde_json::to_string(&rec.value).expect("json value"));
+        merged.push_str(&serde_json::to_string(&rec.rec).expect("record serializes"));
         merged.push('\n');
     }
     let complete = failed == 0 && missing.is_empty();

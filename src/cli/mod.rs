@@ -7,14 +7,15 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 use clap::{Parser, Subcommand};
 
-use conjure::model::card::ModelCard;
-use conjure::pipeline::{self, ModelInfo};
+use conjure::engine::{build_operator, ModelDir};
+use conjure::pipeline;
 use conjure::spec::{Override, PipelineSpec};
 
 mod bench;
 mod eval;
 mod inspect;
 mod manifest;
+mod progress;
 mod run;
 mod study;
 mod validate;
@@ -195,16 +196,20 @@ fn dispatch(cmd: Command) -> Result<i32, Failure> {
             set,
         } => {
             let spec = load_spec(&spec, &set)?;
-            spec.check_model_dir()?;
-            let card = ModelCard::load(&spec.model)?;
-            let info = ModelInfo::from_card(&card, &spec.model)?;
+            let model = ModelDir::open(&spec)?;
             let masks = masks.unwrap_or_else(|| {
                 let mut s = output.as_os_str().to_owned();
                 s.push("-masks");
                 PathBuf::from(s)
             });
-            let build = |d: &conjure::operators::Degradation, s: [usize; 3]| d.build(s);
-            let s = pipeline::degrade(&spec, &info, &build, &input, &output, Some(&masks))?;
+            let s = pipeline::degrade(
+                &spec,
+                &model.info,
+                &build_operator,
+                &input,
+                &output,
+                Some(&masks),
+            )?;
             eprintln!(
                 "conjure: wrote {} measurements to {}{}",
                 s.written,

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use conjure::pipeline::{self, ProgressMode, RunOptions, Shard};
+use conjure::pipeline::{self, Progress, ProgressMode, RunOptions, Shard};
 
+use super::progress::Bars;
 use super::{load_spec, Failure, EXIT_FAILED_INPUTS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM};
 
 /// The arguments of `conjure run`.
@@ -90,13 +91,13 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         Some(s) => Some(Shard::parse(&s)?),
         None => Shard::from_env(|k| std::env::var(k).ok())?,
     };
-    let progress = if args.quiet {
-        ProgressMode::Quiet
-    } else if std::io::stderr().is_terminal() {
-        ProgressMode::Bars
-    } else {
-        ProgressMode::Log
+    let progress = match args.quiet {
+        true => ProgressMode::Quiet,
+        false => ProgressMode::Log,
     };
+    // A terminal gets a bar in place of the log lines.
+    let display = (!args.quiet && std::io::stderr().is_terminal())
+        .then(|| Arc::new(Bars::default()) as Arc<dyn Progress>);
     let signals = Signals::install()?;
     let opts = RunOptions {
         input: args.input,
@@ -105,6 +106,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         shard,
         manifest: args.manifest,
         progress,
+        display,
         stop: Some(Arc::clone(&signals.stop)),
         watch: None,
     };

@@ -3,22 +3,20 @@
 
 use std::path::{Path, PathBuf};
 
-use conjure::model::card::ModelCard;
-use conjure::pipeline::{self, estimate, ModelInfo};
+use conjure::engine::{ModelDir, Restorer};
+use conjure::pipeline::{self, estimate};
 
 use super::{load_spec, Failure, EXIT_OK};
 
 /// Check a spec; print a summary and, for the spec's input, the per-size estimate.
 pub fn validate(path: &Path, set: &[String]) -> Result<i32, Failure> {
     let spec = load_spec(path, set)?;
-    spec.check_model_dir()?;
-    let card = ModelCard::load(&spec.model)?;
-    pipeline::check_model(&spec, card.model_kind(), card.graphs.has_vjp())?;
-    let info = ModelInfo::from_card(&card, &spec.model)?;
+    let model = ModelDir::open(&spec)?;
     // What `run` refuses before reading an image (e.g. colorize with a 1-channel model).
-    conjure::imageio::color::check_channels(&spec, info.channels)?;
+    model.check(&spec)?;
+    let (card, info) = (&model.card, &model.info);
     let sampler = conjure::samplers::build(&spec.sampler_config(), &info.schedule)?;
-    let evals = estimate::evaluations(&spec, &info, sampler.as_ref())?;
+    let evals = estimate::evaluations(&spec, info, sampler.as_ref())?;
     if let Some(input) = &spec.io.input {
         let output = spec.io.output.clone().unwrap_or_else(PathBuf::new);
         pipeline::check_io(input, &output)?;
@@ -64,20 +62,20 @@ pub fn validate(path: &Path, set: &[String]) -> Result<i32, Failure> {
             println!("  no image files under {}", input.display());
         } else {
             // A short warm-up measurement of the network at the run's batch size.
-            let loaded = conjure::model::load(&spec.model, &spec.runtime_options())?;
-            let cfg = pipeline::tile_config(&spec, &card);
+            let restorer = Restorer::load(&spec)?;
+            let cfg = model.tiles(&spec);
             let plan = estimate::plan(
                 &spec,
-                &info,
+                info,
                 card.domain.as_deref(),
                 &items,
                 &cfg,
-                sampler.as_ref(),
-                Some(loaded.denoiser.as_ref()),
+                restorer.sampler(),
+                Some(restorer.network().as_ref()),
             )?;
             println!(
                 "  estimate (engine {}, batch {}, tiles {}x{}):",
-                loaded.denoiser.engine(),
+                restorer.network().engine(),
                 spec.runtime.batch_size,
                 cfg.tile_w,
                 cfg.tile_h

@@ -26,8 +26,7 @@ const WB: f64 = 0.114;
 /// channels (so `validate` rejects what `run` would fail on every image).
 pub fn check_channels(spec: &PipelineSpec, channels: usize) -> Result<()> {
     if spec.task.operator == OperatorKind::Colorize && channels != 3 {
-        return Err(Error::Spec {
-            location: String::new(),
+        return Err(Error::Config {
             message: format!(
                 "task.operator colorize restores RGB from gray and needs a 3-channel model, but {} \
                  has {channels} channel{}",
@@ -37,8 +36,7 @@ pub fn check_channels(spec: &PipelineSpec, channels: usize) -> Result<()> {
         });
     }
     if channels != 1 && channels != 3 {
-        return Err(Error::Spec {
-            location: String::new(),
+        return Err(Error::Config {
             message: format!(
                 "{} has {channels} channels; conjure restores gray (1) or RGB (3) images",
                 spec.model.display()

@@ -10,7 +10,7 @@
 //!   65535, float images are taken as they are, and `.npy` arrays (float32 or float64, shaped (H, W),
 //!   (C, H, W) or (1, C, H, W); the pipeline writes them in the model's range) are mapped from
 //!   [`EvalOptions::npy_range`] to [0, 1] without clamping. Alpha channels are dropped. Metrics then use
-//!   data range 1. Decoding goes through the `image` crate directly.
+//!   data range 1. Files are found and decoded as `run` finds and decodes its inputs.
 //! * **Consistency.** With a measurements directory and a [`Degradation`], each restored x̂ is also scored
 //!   by ‖H x̂ − y‖ / ‖y‖, with y the measurement file paired by the same rule, both in [0, 1] pixel values
 //!   (for operators that keep constants — averaging, blur, masks, colorize — this equals the ratio in the
@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array2, Array3, ArrayD, Axis, Ix3};
+use ndarray::{Array2, ArrayD, Axis, Ix3};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -55,8 +55,9 @@ fn rank(ext: &str) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-/// Every readable image file under `root` (recursive), grouped by key, sorted by key. A plain file as
-/// `root` is a one-entry list keyed by its file stem.
+/// Every readable image file under `root` (recursive, found as `run` finds its inputs: hidden files and
+/// temporaries skipped), grouped by key, sorted by key. A plain file as `root` is a one-entry list keyed
+/// by its file stem. The first unreadable part of the tree is an error.
 pub fn scan(root: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>> {
     let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
     let mut map: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
@@ -69,25 +70,19 @@ pub fn scan(root: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>> {
         map.entry(stem).or_default().push(root.to_path_buf());
         return Ok(map);
     }
-    for entry in walkdir::WalkDir::new(root)
-        .follow_links(true)
-        .sort_by_file_name()
-    {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(root).to_path_buf();
-            Error::io(path, e.into())
-        })?;
-        if !entry.file_type().is_file() || extension_of(entry.path()).is_none() {
-            continue;
-        }
-        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
-        let key = rel
+    let found = crate::pipeline::discover::walk(root, None, &|p| extension_of(p).is_some())?;
+    if let Some((_, e)) = found.problems.into_iter().next() {
+        return Err(e);
+    }
+    for item in found.items {
+        let key = item
+            .rel
             .with_extension("")
             .components()
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join("/");
-        map.entry(key).or_default().push(entry.path().to_path_buf());
+        map.entry(key).or_default().push(item.path);
     }
     Ok(map)
 }
@@ -144,63 +139,14 @@ fn image_err(path: &Path, message: impl ToString) -> Error {
     }
 }
 
-/// Decode an image file (png/tiff/jpeg by content, `.npy` by extension) to (C, H, W) in [0, 1], C = 1 for
-/// gray and 3 for color; alpha is dropped. `npy_range` is the value range of `.npy` arrays.
+/// Decode an image file (png/tiff/jpeg with [`crate::imageio::decode`], as `run` reads its inputs; `.npy`
+/// by extension) to (C, H, W) in [0, 1], C = 1 for gray and 3 for color; alpha is dropped. `npy_range` is the value range of `.npy` arrays.
 pub fn load(path: &Path, npy_range: [f64; 2]) -> Result<Img> {
     if extension_of(path).as_deref() == Some("npy") {
         return load_npy(path, npy_range);
     }
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    let img = reader.decode().map_err(|e| image_err(path, e))?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let color = img.color();
-    let channels = if color.has_color() { 3 } else { 1 };
-    let depth = color.bytes_per_pixel() / color.channel_count();
-    let values: Vec<f64> = match (depth, channels) {
-        (1, 1) => img
-            .to_luma8()
-            .into_raw()
-            .iter()
-            .map(|&v| v as f64 / 255.0)
-            .collect(),
-        (1, _) => img
-            .to_rgb8()
-            .into_raw()
-            .iter()
-            .map(|&v| v as f64 / 255.0)
-            .collect(),
-        (2, 1) => img
-            .to_luma16()
-            .into_raw()
-            .iter()
-            .map(|&v| v as f64 / 65535.0)
-            .collect(),
-        (2, _) => img
-            .to_rgb16()
-            .into_raw()
-            .iter()
-            .map(|&v| v as f64 / 65535.0)
-            .collect(),
-        (_, 1) => img
-            .to_luma32f()
-            .into_raw()
-            .iter()
-            .map(|&v| v as f64)
-            .collect(),
-        (_, _) => img
-            .to_rgb32f()
-            .into_raw()
-            .iter()
-            .map(|&v| v as f64)
-            .collect(),
-    };
-    // HWC → CHW.
-    let hwc = Array3::from_shape_vec((h, w, channels), values)
-        .map_err(|e| image_err(path, format!("unexpected pixel buffer: {e}")))?;
-    Ok(hwc.permuted_axes([2, 0, 1]).as_standard_layout().to_owned())
+    // Integer samples come back as v / 255 or v / 65535 exactly, floats as they are; alpha is apart.
+    Ok(crate::imageio::decode(path)?.color)
 }
 
 fn load_npy(path: &Path, range: [f64; 2]) -> Result<Img> {

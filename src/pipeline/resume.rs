@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::manifest::{self, is_manifest_name, Status};
 use super::{output_path, InputItem, RunOptions};
 use crate::error::{Error, Result};
 use crate::spec::PipelineSpec;
@@ -50,8 +51,7 @@ pub fn check_settings(
     let Some((first, (_, settings, spec_hash))) = stale.first() else {
         return Ok(());
     };
-    Err(Error::Spec {
-        location: String::new(),
+    Err(Error::Config {
         message: format!(
             "{n} existing output{s} in {out} (e.g. {first}) {were} made with other settings: settings hash \
              {settings} (spec hash {spec_hash}), this run's is {mine} (spec hash {this}); skipping {them} \
@@ -80,7 +80,7 @@ fn manifests(output: &Path, extra: Option<&Path>) -> Vec<PathBuf> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("conjure-manifest") && n.ends_with(".jsonl"))
+                .is_some_and(is_manifest_name)
         })
         .collect();
     if let Some(m) = extra {
@@ -102,29 +102,25 @@ fn manifests(output: &Path, extra: Option<&Path>) -> Vec<PathBuf> {
 fn last_records(paths: &[PathBuf]) -> Result<HashMap<PathBuf, Last>> {
     let mut last: HashMap<PathBuf, Last> = HashMap::new();
     for path in paths {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        for line in text.lines() {
-            // A torn or foreign line says nothing about the settings; `manifest merge` reports those.
-            let Ok(r) = serde_json::from_str::<serde_json::Value>(line) else {
+        // A torn or foreign line says nothing about the settings; `manifest merge` reports those.
+        for (_, r) in manifest::read(path)? {
+            let Ok(r) = r else {
                 continue;
             };
-            let s = |k: &str| r.get(k).and_then(|v| v.as_str());
-            let (Some("restored"), Some(out), Some(settings)) =
-                (s("status"), s("output"), s("settings_hash"))
-            else {
+            let (Status::Restored, Some(settings)) = (r.status, r.settings_hash) else {
                 continue;
             };
-            let Ok(out) = Path::new(out).canonicalize() else {
+            let Ok(out) = Path::new(&r.output).canonicalize() else {
                 continue;
             };
-            let at = r.get("finished_at").and_then(|v| v.as_u64()).unwrap_or(0);
-            let rec = (
-                at,
-                settings.to_owned(),
-                s("spec_hash").unwrap_or("?").to_owned(),
-            );
+            let at = r.finished_at;
+            let spec_hash = if r.spec_hash.is_empty() {
+                "?".to_owned()
+            } else {
+                r.spec_hash
+            };
             if last.get(&out).is_none_or(|(t, ..)| *t <= at) {
-                last.insert(out, rec);
+                last.insert(out, (at, settings, spec_hash));
             }
         }
     }

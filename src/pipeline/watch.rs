@@ -80,7 +80,7 @@ impl NetWatch {
 
     fn before(&self) -> Result<()> {
         match self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
-            true => Err(Error::Unsupported("the run was stopped".into())),
+            true => Err(Error::Interrupted),
             false => Ok(()),
         }
     }

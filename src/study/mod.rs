@@ -3,9 +3,9 @@
 //! tuning set, and write the results as tables (CSV, markdown) and figures (PSNR vs NFE, image grids).
 //!
 //! Everything happens in memory and in f64, through the same pieces `conjure run` uses: each configuration
-//! is a [`PipelineSpec`] built by the spec parser, its sampler comes from [`crate::samplers::build`], its
-//! operators from the task's [`crate::operators::Degradation`], the network is the model directory's
-//! engine behind a [`TiledDenoiser`]. Measurements are made as `conjure degrade` makes them: y = H x + σ_y n
+//! is a [`PipelineSpec`] built by the spec parser and restored by a [`Restorer`] (the spec's sampler, the
+//! task's [`crate::operators::Degradation`], the model directory's engine behind a tiling, loaded once per
+//! model and shared by its configurations). Measurements are made as `conjure degrade` makes them: y = H x + σ_y n
 //! with the mask and the noise drawn from the image's seed ([`image_seed`] of the study seed and
 //! `<split>/<image name>`); with `data.quantize: 8` (or 16) they are then clipped to the model's value range
 //! and rounded to 8-bit (16-bit) levels as an image file would store them, else kept in f64. Metrics are those of `conjure eval` on the
@@ -38,16 +38,14 @@ use ndarray::Array3;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::engine::{ModelDir, Observation, Restorer};
 use crate::error::{Error, Result};
 use crate::imageio;
 use crate::metrics;
-use crate::model::tiled::TiledDenoiser;
-use crate::model::{JacobianMode, Network};
+use crate::model::Denoiser;
+use crate::model::JacobianMode;
 use crate::operators::{Img, OperatorRef};
-use crate::pipeline::{
-    add_measurement_noise, check_model, discover, task_mask, tiled_denoiser, ModelInfo,
-};
-use crate::samplers::Problem;
+use crate::pipeline::{add_measurement_noise, discover, task_mask};
 use crate::spec::node::Node;
 use crate::spec::study::{node_text, DataSource, StudyRun, StudySpec, StudyTask};
 use crate::spec::{image_seed, PipelineSpec};
@@ -312,51 +310,35 @@ pub fn quantize(y: &Img, bits: u32, range: [f64; 2]) -> Img {
     y.mapv(|v| lo + (((v - lo) / span).clamp(0.0, 1.0) * levels).round() / levels * span)
 }
 
-/// A loaded model: what the pipeline knows of it and its tiled network.
+/// A loaded model folder and its network, shared by every configuration on it.
 struct Loaded {
-    info: ModelInfo,
-    denoiser: TiledDenoiser,
-    has_vjp: bool,
+    model: ModelDir,
+    network: Arc<dyn Denoiser>,
 }
 
 fn load_model(spec: &PipelineSpec) -> Result<Loaded> {
     let loaded = crate::model::load(&spec.model, &spec.runtime_options())?;
-    let info = ModelInfo::from_card(&loaded.card, &loaded.dir)?;
-    let has_vjp = loaded.denoiser.has_vjp();
-    let denoiser = tiled_denoiser(spec, &loaded.card, Arc::from(loaded.denoiser))?;
     Ok(Loaded {
-        info,
-        denoiser,
-        has_vjp,
+        model: ModelDir::from_card(loaded.card, &loaded.dir)?,
+        network: Arc::from(loaded.denoiser),
     })
 }
 
 /// Restore `set` with the configuration `spec`, in batches of `runtime.batch_size`.
 fn restore(model: &Loaded, spec: &PipelineSpec, set: &[Measured]) -> Result<Vec<Img>> {
-    check_model(spec, model.info.kind, model.has_vjp)?;
-    let sampler = crate::samplers::build(&spec.sampler_config(), &model.info.schedule)?;
+    let restorer = Restorer::new(spec, model.model.clone(), model.network.clone(), &|n, _| n)?;
     let mut out = Vec::with_capacity(set.len());
     for chunk in set.chunks(spec.runtime.batch_size.max(1)) {
-        let net = Network::new(
-            &model.denoiser,
-            model.info.kind,
-            model.info.param,
-            model.info.time,
-            spec.sampler.config.jacobian,
-        );
-        net.validate()?;
-        let mut problems = chunk
+        let batch: Vec<Observation> = chunk
             .iter()
-            .map(|m| Problem::new(m.op.clone(), m.y.clone(), spec.task.noise_sigma, m.seed))
-            .collect::<Result<Vec<_>>>()?;
-        let mut xs = sampler.sample(&net, &mut problems)?;
-        crate::pipeline::consistency::finish(spec, &problems, &mut xs);
-        if xs.iter().any(|x| x.iter().any(|v| !v.is_finite())) {
-            return Err(Error::Numerical(
-                "the sampler produced NaN or Inf (it diverged)".into(),
-            ));
-        }
-        out.extend(xs);
+            .map(|m| Observation {
+                op: &m.op,
+                y: &m.y,
+                seed: m.seed,
+                init_noise: None,
+            })
+            .collect();
+        out.extend(restorer.restore(&batch)?.images);
     }
     Ok(out)
 }
@@ -495,7 +477,7 @@ impl Runner<'_> {
                 return Ok(r);
             }
         }
-        let range = self.model(&spec)?.info.value_range;
+        let range = self.model(&spec)?.model.info.value_range;
         let split = if phase == "tune" { "tune" } else { "test" };
         let set = clean
             .iter()
