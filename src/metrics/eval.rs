@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array2, ArrayD, Axis, Ix3};
+use ndarray::{ArrayD, Axis, Ix3};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -181,59 +181,6 @@ fn load_npy(path: &Path, range: [f64; 2]) -> Result<Img> {
         .into_dimensionality::<Ix3>()
         .map_err(|e| image_err(path, e))?;
     Ok(arr.mapv(|v| (v - lo) / (hi - lo)))
-}
-
-/// Parse a compact operator description for consistency checks:
-/// `denoise`, `colorize`, `sr-average:S`, `sr-bicubic:S`, `deblur-gaussian:SIZE:SIGMA`,
-/// `deblur-uniform:SIZE`, `inpaint:MASK.png` (white = known; the mask must have the image's size).
-pub fn parse_operator(text: &str) -> Result<Degradation> {
-    let parts: Vec<&str> = text.split(':').collect();
-    let bad = |expected: &str| Error::invalid("operator", text, expected);
-    let int = |s: &str| s.parse::<usize>().ok().filter(|v| *v >= 1);
-    let threshold = crate::operators::DEFAULT_SVD_THRESHOLD;
-    match parts.as_slice() {
-        ["denoise"] => Ok(Degradation::Denoise),
-        ["colorize"] => Ok(Degradation::Colorize),
-        ["sr-average", s] => Ok(Degradation::SrAverage {
-            scale: int(s).ok_or_else(|| bad("sr-average:SCALE with SCALE >= 1"))?,
-        }),
-        ["sr-bicubic", s] => Ok(Degradation::SrBicubic {
-            scale: int(s).ok_or_else(|| bad("sr-bicubic:SCALE with SCALE >= 1"))?,
-            threshold,
-        }),
-        ["deblur-gaussian", size, sigma] => {
-            let size = int(size)
-                .filter(|v| v % 2 == 1)
-                .ok_or_else(|| bad("deblur-gaussian:SIZE:SIGMA with odd SIZE"))?;
-            let sigma = sigma
-                .parse::<f64>()
-                .ok()
-                .filter(|s| s.is_finite() && *s > 0.0)
-                .ok_or_else(|| bad("deblur-gaussian:SIZE:SIGMA with SIGMA > 0"))?;
-            Ok(Degradation::DeblurGaussian {
-                size,
-                sigma,
-                threshold,
-            })
-        }
-        ["deblur-uniform", size] => Ok(Degradation::DeblurUniform {
-            size: int(size).ok_or_else(|| bad("deblur-uniform:SIZE with SIZE >= 1"))?,
-            threshold,
-        }),
-        ["inpaint", rest @ ..] if !rest.is_empty() => {
-            let path = PathBuf::from(rest.join(":"));
-            let m = load(&path, [0.0, 1.0])?;
-            let mask: Array2<f64> = m
-                .mean_axis(Axis(0))
-                .expect("an image has at least one channel")
-                .mapv(|v| if v > 0.5 { 1.0 } else { 0.0 });
-            Ok(Degradation::Inpaint { mask })
-        }
-        _ => Err(bad(
-            "denoise | colorize | sr-average:S | sr-bicubic:S | deblur-gaussian:SIZE:SIGMA \
-             | deblur-uniform:SIZE | inpaint:MASK.png",
-        )),
-    }
 }
 
 /// What to evaluate.

@@ -343,14 +343,6 @@ fn restore(model: &Loaded, spec: &PipelineSpec, set: &[Measured]) -> Result<Vec<
     Ok(out)
 }
 
-fn jacobian_name(j: JacobianMode) -> &'static str {
-    match j {
-        JacobianMode::Exact => "exact",
-        JacobianMode::FiniteDifference => "finite-difference",
-        JacobianMode::Identity => "identity",
-    }
-}
-
 /// The record of earlier runs, and the file new records are appended to.
 struct Record {
     done: BTreeMap<String, ConfigResult>,
@@ -492,7 +484,7 @@ impl Runner<'_> {
             task: task.name.clone(),
             run: run.label.clone(),
             sampler: run.sampler.as_str().into(),
-            jacobian: jacobian_name(jacobian).into(),
+            jacobian: jacobian.as_str().into(),
             nfe,
             settings: settings
                 .iter()
