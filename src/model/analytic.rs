@@ -196,30 +196,37 @@ impl GaussianDiffusion {
     }
 }
 
-impl Denoiser for GaussianDiffusion {
-    fn engine(&self) -> String {
-        "analytic-gaussian".into()
-    }
-    fn predict(&self, x: ArrayView4<f64>, t: &[f64]) -> Result<Array4<f64>> {
-        check_batch(&x, t, self.prior.mean.shape())?;
-        Ok(per_sample(x, t, |xi, ti| self.out(xi, ti)))
-    }
-    fn has_vjp(&self) -> bool {
-        true
-    }
-    fn vjp(
-        &self,
-        x: ArrayView4<f64>,
-        t: &[f64],
-        cot: ArrayView4<f64>,
-    ) -> Result<(Array4<f64>, Array4<f64>)> {
-        check_batch(&x, t, self.prior.mean.shape())?;
-        check_batch(&cot, t, self.prior.mean.shape())?;
-        let out = per_sample(x, t, |xi, ti| self.out(xi, ti));
-        let g = per_sample(cot, t, |ci, ti| self.jt(ci, ti));
-        Ok((out, g))
-    }
+/// The [`Denoiser`] of an exact Gaussian oracle with per-sample `out(x, t)` and `jt(cotangent, t)`.
+macro_rules! gaussian_denoiser {
+    ($ty:ty, $engine:literal) => {
+        impl Denoiser for $ty {
+            fn engine(&self) -> String {
+                $engine.into()
+            }
+            fn predict(&self, x: ArrayView4<f64>, t: &[f64]) -> Result<Array4<f64>> {
+                check_batch(&x, t, self.prior.mean.shape())?;
+                Ok(per_sample(x, t, |xi, ti| self.out(xi, ti)))
+            }
+            fn has_vjp(&self) -> bool {
+                true
+            }
+            fn vjp(
+                &self,
+                x: ArrayView4<f64>,
+                t: &[f64],
+                cot: ArrayView4<f64>,
+            ) -> Result<(Array4<f64>, Array4<f64>)> {
+                check_batch(&x, t, self.prior.mean.shape())?;
+                check_batch(&cot, t, self.prior.mean.shape())?;
+                let out = per_sample(x, t, |xi, ti| self.out(xi, ti));
+                let g = per_sample(cot, t, |ci, ti| self.jt(ci, ti));
+                Ok((out, g))
+            }
+        }
+    };
 }
+
+gaussian_denoiser!(GaussianDiffusion, "analytic-gaussian");
 
 /// Exact rectified-flow velocity (or x̂₁) for a [`GaussianPrior`] on the data x₁.
 #[derive(Clone)]
@@ -272,30 +279,7 @@ impl GaussianFlow {
     }
 }
 
-impl Denoiser for GaussianFlow {
-    fn engine(&self) -> String {
-        "analytic-gaussian-flow".into()
-    }
-    fn predict(&self, x: ArrayView4<f64>, t: &[f64]) -> Result<Array4<f64>> {
-        check_batch(&x, t, self.prior.mean.shape())?;
-        Ok(per_sample(x, t, |xi, ti| self.out(xi, ti)))
-    }
-    fn has_vjp(&self) -> bool {
-        true
-    }
-    fn vjp(
-        &self,
-        x: ArrayView4<f64>,
-        t: &[f64],
-        cot: ArrayView4<f64>,
-    ) -> Result<(Array4<f64>, Array4<f64>)> {
-        check_batch(&x, t, self.prior.mean.shape())?;
-        check_batch(&cot, t, self.prior.mean.shape())?;
-        let out = per_sample(x, t, |xi, ti| self.out(xi, ti));
-        let g = per_sample(cot, t, |ci, ti| self.jt(ci, ti));
-        Ok((out, g))
-    }
-}
+gaussian_denoiser!(GaussianFlow, "analytic-gaussian-flow");
 
 // ---------------------------------------------------------------------------------------------------------
 // Isotropic Gaussian mixtures (docs/samplers.md §14.3)
