@@ -695,8 +695,8 @@ pub fn residual_reuse() -> (usize, usize) {
     (RESIDUAL_HITS.load(Relaxed), RESIDUAL_MISSES.load(Relaxed))
 }
 
-static RESIDUAL_HITS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-static RESIDUAL_MISSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static RESIDUAL_HITS: AtomicUsize = AtomicUsize::new(0);
+static RESIDUAL_MISSES: AtomicUsize = AtomicUsize::new(0);
 
 #[cfg_attr(not(any(feature = "tract", feature = "onnxruntime")), allow(dead_code))]
 pub(crate) struct ResidualCache<R> {
@@ -774,74 +774,67 @@ impl<R> ResidualCache<R> {
     }
 }
 
+/// A test network that records which [`Denoiser`] entry point each call used (out = x, vjp = cotangent),
+/// for the tests of everything that wraps or drives a network.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct CallLog(std::sync::Mutex<Vec<&'static str>>);
+
+#[cfg(test)]
+impl CallLog {
+    /// The entry points called so far, in order.
+    pub(crate) fn calls(&self) -> Vec<&'static str> {
+        self.0.lock().unwrap().clone()
+    }
+    /// How many calls went to `entry`.
+    pub(crate) fn count(&self, entry: &str) -> usize {
+        self.calls().iter().filter(|c| **c == entry).count()
+    }
+    fn log(&self, entry: &'static str) {
+        self.0.lock().unwrap().push(entry);
+    }
+}
+
+#[cfg(test)]
+impl Denoiser for CallLog {
+    fn engine(&self) -> String {
+        "call-log".into()
+    }
+    fn predict(&self, x: ArrayView4<f64>, _: &[f64]) -> Result<Array4<f64>> {
+        self.log("predict");
+        Ok(x.to_owned())
+    }
+    fn predict_for_vjp(&self, x: ArrayView4<f64>, _: &[f64]) -> Result<Array4<f64>> {
+        self.log("predict_for_vjp");
+        Ok(x.to_owned())
+    }
+    fn has_vjp(&self) -> bool {
+        true
+    }
+    fn vjp(
+        &self,
+        x: ArrayView4<f64>,
+        _: &[f64],
+        cot: ArrayView4<f64>,
+    ) -> Result<(Array4<f64>, Array4<f64>)> {
+        self.log("vjp");
+        Ok((x.to_owned(), cot.to_owned()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Counts which entry point the Network used; out = x, vjp = cotangent.
-    #[derive(Default)]
-    struct Counting {
-        plain: AtomicUsize,
-        for_vjp: AtomicUsize,
-    }
-
-    impl Denoiser for Counting {
-        fn engine(&self) -> String {
-            "counting".into()
-        }
-        fn predict(&self, x: ArrayView4<f64>, _: &[f64]) -> Result<Array4<f64>> {
-            self.plain.fetch_add(1, Ordering::Relaxed);
-            Ok(x.to_owned())
-        }
-        fn predict_for_vjp(&self, x: ArrayView4<f64>, _: &[f64]) -> Result<Array4<f64>> {
-            self.for_vjp.fetch_add(1, Ordering::Relaxed);
-            Ok(x.to_owned())
-        }
-        fn has_vjp(&self) -> bool {
-            true
-        }
-        fn vjp(
-            &self,
-            x: ArrayView4<f64>,
-            _: &[f64],
-            cot: ArrayView4<f64>,
-        ) -> Result<(Array4<f64>, Array4<f64>)> {
-            Ok((x.to_owned(), cot.to_owned()))
-        }
-    }
-
     #[test]
-    fn a_sampler_that_expects_vjps_keeps_residuals_from_its_first_forward() {
-        let xs = vec![Img::zeros((1, 2, 2)); 2];
-        for (mode, kept) in [
-            (JacobianMode::Exact, 1),
-            (JacobianMode::FiniteDifference, 0),
-            (JacobianMode::Identity, 0),
-        ] {
-            let d = Counting::default();
-            let net = Network::new(
-                &d,
-                ModelKind::Diffusion,
-                Parameterization::Eps,
-                TimeInput::Unit,
-                mode,
-            );
-            net.expect_vjps();
-            net.raw(&xs, 0.5).unwrap();
-            assert_eq!(d.for_vjp.load(Ordering::Relaxed), kept, "{mode:?}");
-            assert_eq!(d.plain.load(Ordering::Relaxed), 1 - kept, "{mode:?}");
-        }
-    }
-
-    #[test]
-    fn forwards_keep_residuals_once_the_sampler_asks_for_vjps() {
+    fn forwards_keep_residuals_once_the_sampler_asks_for_vjps_or_says_it_will() {
         let xs = vec![Img::zeros((1, 2, 2)); 2];
         for mode in [
             JacobianMode::Exact,
             JacobianMode::FiniteDifference,
             JacobianMode::Identity,
         ] {
-            let d = Counting::default();
+            let d = CallLog::default();
             let net = Network::new(
                 &d,
                 ModelKind::Diffusion,
@@ -852,19 +845,36 @@ mod tests {
             // A forward-only sampler: plain forwards only.
             net.raw(&xs, 0.5).unwrap();
             net.raw(&xs, 0.5).unwrap();
-            assert_eq!(d.plain.load(Ordering::Relaxed), 2);
+            assert_eq!(d.count("predict"), 2);
             // A sampler that takes VJPs at its forwards' x: from then on forwards keep residuals.
-            let plain_before = d.plain.load(Ordering::Relaxed);
+            let plain_before = d.count("predict");
             net.raw_jt(&xs, 0.5, &xs).unwrap();
-            let plain_jt = d.plain.load(Ordering::Relaxed) - plain_before;
+            let plain_jt = d.count("predict") - plain_before;
             net.raw(&xs, 0.5).unwrap();
-            let kept = d.for_vjp.load(Ordering::Relaxed);
+            let kept = d.count("predict_for_vjp");
             match mode {
                 JacobianMode::Exact => assert_eq!((plain_jt, kept), (0, 1)),
                 // Finite differences probe with plain forwards; identity runs none.
                 JacobianMode::FiniteDifference => assert_eq!((plain_jt, kept), (1, 0)),
                 JacobianMode::Identity => assert_eq!((plain_jt, kept), (0, 0)),
             }
+            // A sampler that says so before its first step keeps residuals from its first forward.
+            let d = CallLog::default();
+            let net = Network::new(
+                &d,
+                ModelKind::Diffusion,
+                Parameterization::Eps,
+                TimeInput::Unit,
+                mode,
+            );
+            net.expect_vjps();
+            net.raw(&xs, 0.5).unwrap();
+            let first = if mode == JacobianMode::Exact {
+                "predict_for_vjp"
+            } else {
+                "predict"
+            };
+            assert_eq!(d.calls(), [first], "{mode:?}");
         }
     }
 

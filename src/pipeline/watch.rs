@@ -136,40 +136,11 @@ impl Denoiser for Watched {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Records which entry point was called.
-    #[derive(Default)]
-    struct Calls(Mutex<Vec<&'static str>>);
-
-    impl Denoiser for Calls {
-        fn engine(&self) -> String {
-            "calls".into()
-        }
-        fn predict(&self, x: ArrayView4<f64>, _: &[f64]) -> Result<Array4<f64>> {
-            self.0.lock().unwrap().push("predict");
-            Ok(x.to_owned())
-        }
-        fn predict_for_vjp(&self, x: ArrayView4<f64>, _: &[f64]) -> Result<Array4<f64>> {
-            self.0.lock().unwrap().push("predict_for_vjp");
-            Ok(x.to_owned())
-        }
-        fn has_vjp(&self) -> bool {
-            true
-        }
-        fn vjp(
-            &self,
-            x: ArrayView4<f64>,
-            _: &[f64],
-            cot: ArrayView4<f64>,
-        ) -> Result<(Array4<f64>, Array4<f64>)> {
-            self.0.lock().unwrap().push("vjp");
-            Ok((x.to_owned(), cot.to_owned()))
-        }
-    }
+    use crate::model::CallLog;
 
     #[test]
     fn every_entry_point_reaches_the_watched_network_and_counts() {
-        let inner = Arc::new(Calls::default());
+        let inner = Arc::new(CallLog::default());
         let watch = NetWatch::new(None, None);
         let seen = Arc::new(AtomicUsize::new(0));
         let s = Arc::clone(&seen);
@@ -181,22 +152,19 @@ mod tests {
         net.predict(x.view(), &[0.5; 3]).unwrap();
         net.predict_for_vjp(x.view(), &[0.5; 3]).unwrap();
         net.vjp(x.view(), &[0.5; 3], x.view()).unwrap();
-        assert_eq!(
-            *inner.0.lock().unwrap(),
-            ["predict", "predict_for_vjp", "vjp"]
-        );
+        assert_eq!(inner.calls(), ["predict", "predict_for_vjp", "vjp"]);
         assert_eq!((watch.calls(), seen.load(Ordering::SeqCst)), (3, 9));
     }
 
     #[test]
     fn a_set_stop_flag_refuses_every_entry_point() {
         let stop = Arc::new(AtomicBool::new(true));
-        let inner = Arc::new(Calls::default());
+        let inner = Arc::new(CallLog::default());
         let net = NetWatch::new(Some(stop), None).wrap(inner.clone());
         let x = Array4::<f64>::zeros((1, 1, 2, 2));
         assert!(net.predict(x.view(), &[0.5]).is_err());
         assert!(net.predict_for_vjp(x.view(), &[0.5]).is_err());
         assert!(net.vjp(x.view(), &[0.5], x.view()).is_err());
-        assert!(inner.0.lock().unwrap().is_empty());
+        assert!(inner.calls().is_empty());
     }
 }
