@@ -58,7 +58,7 @@ pub fn check_model(spec: &PipelineSpec, kind: ModelKind, has_vjp: bool) -> Resul
     let name = spec.sampler.config.name;
     let needs_flow = name.needs_flow();
     let family = |flow: bool| if flow { "flow" } else { "diffusion" };
-    if name != crate::samplers::SamplerName::Pinv && needs_flow != (kind == ModelKind::Flow) {
+    if name.uses_network() && needs_flow != (kind == ModelKind::Flow) {
         return Err(Error::Config {
             message: format!(
                 "sampler {} needs a {} model, but {} is a {} model",
@@ -69,7 +69,15 @@ pub fn check_model(spec: &PipelineSpec, kind: ModelKind, has_vjp: bool) -> Resul
             ),
         });
     }
-    if spec.sampler.config.jacobian == JacobianMode::Exact && !has_vjp {
+    if name == crate::samplers::SamplerName::Bicubic && !spec.task.operator.is_sr() {
+        return Err(Error::Config {
+            message: format!(
+                "sampler bicubic interpolates super-resolution measurements; task.operator is {}",
+                spec.task.operator.as_str()
+            ),
+        });
+    }
+    if name.uses_network() && spec.sampler.config.jacobian == JacobianMode::Exact && !has_vjp {
         return Err(Error::Config {
             message: format!(
                 "jacobian: exact needs a vjp graph, and {} has none; use jacobian: finite-difference or identity",
@@ -417,6 +425,15 @@ mod tests {
         let e = ModelDir::open(&s).unwrap().check(&s).unwrap_err();
         assert!(e.to_string().contains("needs a 3-channel model"), "{e}");
         let s = spec("pinv", "denoise");
+        ModelDir::open(&s).unwrap().check(&s).unwrap();
+        let s = spec("bicubic", "denoise");
+        let e = ModelDir::open(&s).unwrap().check(&s).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("sampler bicubic interpolates super-resolution"),
+            "{e}"
+        );
+        let s = spec("bicubic", "sr-average, scale: 4");
         ModelDir::open(&s).unwrap().check(&s).unwrap();
     }
 

@@ -15,7 +15,10 @@ One command on a Debian/Ubuntu machine with network access to the Debian archive
 4. splits BY PHOTOGRAPH: the photos in ``HELD_OUT`` never contribute a training crop;
 5. writes ``<cache>/train/*.png`` and ``<cache>/heldout/*.png`` (RGB, long side at most 1024 px, Lanczos),
    the list ``models/photo-ddpm/DATA.md`` (every file: package, author, licence, decision, split) and,
-   with ``--examples``, the small held-out example photos under ``examples/photos/clean/``.
+   with ``--examples``, the small held-out example photos under ``examples/photos/clean/`` and the photo
+   study's images under ``examples/photos/study/`` (``test/``: a 256×256 centre crop of every held-out photo
+   resized to a short side of 320 px; ``tune/``: 8 random 128×128 crops of train photos at a long side of
+   512 px, seed 0), read by ``pipelines/experiments/photo.yaml``.
 
 ``--check`` only verifies that the committed DATA.md is what the packages give (exit 1 if not).
 """
@@ -33,6 +36,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA_MD = ROOT / "models" / "photo-ddpm" / "DATA.md"
 EXAMPLES = ROOT / "examples" / "photos" / "clean"
+STUDY = ROOT / "examples" / "photos" / "study"
+#: The photo study's held-out test images: centre crop STUDY_TEST of each held-out photo resized to a short side
+#: of STUDY_TEST_SHORT px; its tuning images: STUDY_TUNE_COUNT random STUDY_TUNE crops of train photos (long side
+#: STUDY_TUNE_LONG px).
+STUDY_TEST, STUDY_TEST_SHORT = 256, 320
+STUDY_TUNE, STUDY_TUNE_LONG, STUDY_TUNE_COUNT = 128, 512, 8
 PACKAGES = ["lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04", "plasma-workspace-wallpapers", "ukui-wallpapers"]
 LONG_SIDE = 1024
 
@@ -302,6 +311,40 @@ def data_md(items: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_study(items: list[dict]) -> None:
+    """The photo study's images (examples/photos/study/test and tune); see the module doc."""
+    import numpy as np
+
+    kept = [i for i in items if DECISIONS[i["key"]][0]]
+    for sub in ("test", "tune"):
+        (STUDY / sub).mkdir(parents=True, exist_ok=True)
+        for old in (STUDY / sub).glob("*.png"):
+            old.unlink()
+    for it in kept:
+        if it["key"] not in HELD_OUT:
+            continue
+        from PIL import Image
+
+        im = load_rgb(it)
+        k = STUDY_TEST_SHORT / min(im.size)
+        im = im.resize((round(im.size[0] * k), round(im.size[1] * k)), Image.LANCZOS)
+        w, h = im.size
+        x, y = (w - STUDY_TEST) // 2, (h - STUDY_TEST) // 2
+        name = it["key"].split("/", 1)[1].rsplit(".", 1)[0]
+        im.crop((x, y, x + STUDY_TEST, y + STUDY_TEST)).save(STUDY / "test" / f"{name}.png", optimize=True)
+    train = sorted((i for i in kept if i["key"] not in HELD_OUT), key=lambda i: i["key"])
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(train), size=STUDY_TUNE_COUNT, replace=False)
+    for n, k in enumerate(sorted(picks)):
+        it = train[k]
+        assert it["key"] not in HELD_OUT
+        im = resize_long(load_rgb(it), STUDY_TUNE_LONG)
+        w, h = im.size
+        x, y = int(rng.integers(0, w - STUDY_TUNE + 1)), int(rng.integers(0, h - STUDY_TUNE + 1))
+        name = it["key"].split("/", 1)[1].rsplit(".", 1)[0]
+        im.crop((x, y, x + STUDY_TUNE, y + STUDY_TUNE)).save(STUDY / "tune" / f"{n:02d}-{name}.png", optimize=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "conjure-photos")
@@ -342,6 +385,7 @@ def main(argv=None) -> int:
             it = next(i for i in items if i["key"] == key)
             im = resize_long(load_rgb(it), long_side) if max(load_rgb(it).size) > long_side else load_rgb(it)
             im.crop((x, y, x + s, y + s)).save(EXAMPLES / f"{name}.png", optimize=True)
+        write_study(items)
     print(f"wrote {DATA_MD.relative_to(ROOT)}; photos in {args.cache}/train and {args.cache}/heldout",
           file=sys.stderr)
     return 0

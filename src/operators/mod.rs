@@ -39,7 +39,7 @@ pub use diagonal::Diagonal;
 pub use inpaint::Inpaint;
 pub use separable::Separable;
 pub use sr_average::SrAverage;
-pub use sr_bicubic::{bicubic_taps, SrBicubic};
+pub use sr_bicubic::{bicubic_taps, keys as keys_cubic, SrBicubic};
 
 /// The image tensor, re-exported where it used to live.
 pub use crate::tensor::Img;

@@ -18,7 +18,7 @@ use super::{validate_x_shape, OperatorKind};
 use crate::error::{Error, Result};
 
 /// Keys cubic convolution kernel with a = −0.5.
-fn keys(x: f64) -> f64 {
+pub fn keys(x: f64) -> f64 {
     const A: f64 = -0.5;
     let x = x.abs();
     if x <= 1.0 {

@@ -13,6 +13,7 @@
 //! | `c-pigfm` | [`c_pigfm`] | Pandey, Yang & Mandt 2024 |
 //! | `pigfm` | [`pigfm`] | Pokle et al. 2024 style ΠGDM for flows |
 //! | `pinv` | [`pinv`] | H† y |
+//! | `bicubic` | [`bicubic`] | bicubic interpolation of y (super-resolution baseline) |
 
 use ndarray::Array3;
 use rand::SeedableRng;
@@ -26,6 +27,7 @@ use crate::tensor::Img;
 // The model schedule lives in `schedules` (the model card builds it); re-exported here, where samplers take it.
 pub use crate::schedules::ModelSchedule;
 
+pub mod bicubic;
 pub mod c_pigdm;
 pub mod c_pigdm_noisy;
 pub mod c_pigfm;
@@ -136,10 +138,11 @@ pub enum SamplerName {
     CPigfm,
     Pigfm,
     Pinv,
+    Bicubic,
 }
 
 impl SamplerName {
-    pub const ALL: [SamplerName; 9] = [
+    pub const ALL: [SamplerName; 10] = [
         SamplerName::CPigdm,
         SamplerName::Pigdm,
         SamplerName::Ddrm,
@@ -149,6 +152,7 @@ impl SamplerName {
         SamplerName::CPigfm,
         SamplerName::Pigfm,
         SamplerName::Pinv,
+        SamplerName::Bicubic,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -162,6 +166,7 @@ impl SamplerName {
             SamplerName::CPigfm => "c-pigfm",
             SamplerName::Pigfm => "pigfm",
             SamplerName::Pinv => "pinv",
+            SamplerName::Bicubic => "bicubic",
         }
     }
 
@@ -169,9 +174,14 @@ impl SamplerName {
         s.parse()
     }
 
-    /// Whether the sampler needs a flow model (else a diffusion model; `pinv` needs none).
+    /// Whether the sampler needs a flow model (else a diffusion model, unless it uses no network).
     pub fn needs_flow(&self) -> bool {
         matches!(self, SamplerName::CPigfm | SamplerName::Pigfm)
+    }
+
+    /// Whether the sampler calls the network at all (`pinv` and `bicubic` do not: any model will do).
+    pub fn uses_network(&self) -> bool {
+        !matches!(self, SamplerName::Pinv | SamplerName::Bicubic)
     }
 
     /// The `sampler.variant`s this sampler accepts (none for most).
@@ -301,6 +311,7 @@ pub fn build(cfg: &SamplerConfig, sched: &ModelSchedule) -> Result<Box<dyn Sampl
         SamplerName::CPigfm => c_pigfm::CPigfm::from_config(cfg, sched).map(boxed),
         SamplerName::Pigfm => pigfm::Pigfm::from_config(cfg, sched).map(boxed),
         SamplerName::Pinv => pinv::Pinv::from_config(cfg, sched).map(boxed),
+        SamplerName::Bicubic => bicubic::Bicubic::from_config(cfg, sched).map(boxed),
     }
 }
 

@@ -602,12 +602,16 @@ pub fn run_study(study: &StudySpec, opts: &StudyOptions) -> Result<StudyReport> 
         Some(t) => load_images(&cap(t, opts.tune_images), ch, range)?,
         None => Vec::new(),
     };
-    if let (Some(a), Some(b)) = (test.first(), tune.first()) {
-        if a.x.dim() != b.x.dim() {
+    // Each set is restored in batches, whose images share one size; the two sets may differ (tuning on
+    // smaller crops of the training photos than the test images, e.g. pipelines/experiments/photo.yaml).
+    for (what, set) in [("test", &test), ("tuning", &tune)] {
+        if let Some(odd) = set.iter().find(|s| s.x.dim() != set[0].x.dim()) {
             return Err(Error::Shape(format!(
-                "test images are {:?} and tuning images {:?}; they must match",
-                a.x.dim(),
-                b.x.dim()
+                "{what} images must share one size: {} is {:?}, {} is {:?}",
+                set[0].name,
+                set[0].x.dim(),
+                odd.name,
+                odd.x.dim()
             )));
         }
     }
