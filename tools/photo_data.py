@@ -17,7 +17,8 @@ One command on a Debian/Ubuntu machine with network access to the Debian archive
    the list ``models/photo-ddpm/DATA.md`` (every file: package, author, licence, decision, split) and,
    with ``--examples``, the small held-out example photos under ``examples/photos/clean/`` and the photo
    study's images under ``examples/photos/study/`` (``test/``: a 256×256 centre crop of every held-out photo
-   resized to a short side of 320 px; ``tune/``: 8 random 128×128 crops of train photos at a long side of
+   resized to a short side of 320 px; ``tune/``: 12 random 64×64 crops of 12 train photos (one tile each; crops with a standard deviation under
+   0.08 are redrawn) at a long side of
    512 px, seed 0), read by ``pipelines/experiments/photo.yaml``.
 
 ``--check`` only verifies that the committed DATA.md is what the packages give (exit 1 if not).
@@ -41,7 +42,7 @@ STUDY = ROOT / "examples" / "photos" / "study"
 #: of STUDY_TEST_SHORT px; its tuning images: STUDY_TUNE_COUNT random STUDY_TUNE crops of train photos (long side
 #: STUDY_TUNE_LONG px).
 STUDY_TEST, STUDY_TEST_SHORT = 256, 320
-STUDY_TUNE, STUDY_TUNE_LONG, STUDY_TUNE_COUNT = 128, 512, 8
+STUDY_TUNE, STUDY_TUNE_LONG, STUDY_TUNE_COUNT = 64, 512, 12
 PACKAGES = ["lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04", "plasma-workspace-wallpapers", "ukui-wallpapers"]
 LONG_SIDE = 1024
 
@@ -311,6 +312,33 @@ def data_md(items: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_scratch_masks() -> None:
+    """Per-image masks of the scratch-inpainting example (examples/photos/inpaint-scratch-masks/<name>.png,
+    white = known): four thin random scratches per photo, like the creases and scratches of an old print,
+    drawn with a generator seeded by the photo's name so the masks are the same on every machine."""
+    import zlib
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    out = EXAMPLES.parent / "inpaint-scratch-masks"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (_, _, _, _, s) in EXAMPLES_CROPS.items():
+        rng = np.random.default_rng(zlib.crc32(name.encode()))
+        mask = Image.new("L", (s, s), 255)
+        draw = ImageDraw.Draw(mask)
+        for _ in range(4):
+            x, y = rng.uniform(0, s, 2)
+            angle = rng.uniform(0, np.pi)
+            pts = []
+            for _ in range(6):  # a gently bending stroke of about s/2 px
+                pts.append((float(x), float(y)))
+                angle += rng.normal(0, 0.25)
+                x, y = x + np.cos(angle) * s / 12, y + np.sin(angle) * s / 12
+            draw.line(pts, fill=0, width=int(rng.integers(1, 4)))
+        mask.save(out / f"{name}.png", optimize=True)
+
+
 def write_study(items: list[dict]) -> None:
     """The photo study's images (examples/photos/study/test and tune); see the module doc."""
     import numpy as np
@@ -340,7 +368,10 @@ def write_study(items: list[dict]) -> None:
         assert it["key"] not in HELD_OUT
         im = resize_long(load_rgb(it), STUDY_TUNE_LONG)
         w, h = im.size
-        x, y = int(rng.integers(0, w - STUDY_TUNE + 1)), int(rng.integers(0, h - STUDY_TUNE + 1))
+        for _ in range(20):  # skip near-flat crops (sky, gradients): they say little about a restoration
+            x, y = int(rng.integers(0, w - STUDY_TUNE + 1)), int(rng.integers(0, h - STUDY_TUNE + 1))
+            if np.asarray(im.crop((x, y, x + STUDY_TUNE, y + STUDY_TUNE)), dtype=float).std() / 255 >= 0.08:
+                break
         name = it["key"].split("/", 1)[1].rsplit(".", 1)[0]
         im.crop((x, y, x + STUDY_TUNE, y + STUDY_TUNE)).save(STUDY / "tune" / f"{n:02d}-{name}.png", optimize=True)
 
@@ -385,6 +416,7 @@ def main(argv=None) -> int:
             it = next(i for i in items if i["key"] == key)
             im = resize_long(load_rgb(it), long_side) if max(load_rgb(it).size) > long_side else load_rgb(it)
             im.crop((x, y, x + s, y + s)).save(EXAMPLES / f"{name}.png", optimize=True)
+        write_scratch_masks()
         write_study(items)
     print(f"wrote {DATA_MD.relative_to(ROOT)}; photos in {args.cache}/train and {args.cache}/heldout",
           file=sys.stderr)
