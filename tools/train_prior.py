@@ -409,16 +409,18 @@ def prepared(ckpt: dict, size: int = PATCH):
     net.load_state_dict(ckpt["ema"])
     net = net.float().eval()
     image = {"channels": 3, "height": size, "width": size, "value_range": [-1, 1]}
+    # What the model knows (conjure warns when the inputs do not look like it, e.g. gray or tiny images).
+    domain = "RGB photographs (natural images, learnt from small patches)"
     how = (f"{ckpt['params'] / 1e6:.2f} M parameters, {ckpt['step']} steps ({runs_text(ckpt)}) "
            f"in {ckpt['seconds'] / 60:.0f} min on {ckpt['device']}")
     if ckpt["kind"] == "ddpm":
-        card = {"kind": "diffusion", "parameterization": "eps",
+        card = {"domain": domain, "kind": "diffusion", "parameterization": "eps",
                 "schedule": {"type": "ddpm-linear", "beta_start": 0.0001, "beta_end": 0.02, "timesteps": 1000},
                 "time_input": "index", "image": image}
         notes = [f"Photo prior (tools/train_prior.py --kind ddpm), EMA weights; {how}.",
                  "Training data and licences: models/photo-ddpm/DATA.md."]
         return Prepared(module=net, card=card, sample_t=diffusion_index_t(1000), notes=notes)
-    card = {"kind": "flow", "parameterization": "velocity", "schedule": {"type": "rectified-flow"},
+    card = {"domain": domain, "kind": "flow", "parameterization": "velocity", "schedule": {"type": "rectified-flow"},
             "time_input": "unit", "image": image}
     notes = [f"Photo prior (tools/train_prior.py --kind flow), EMA weights; {how}.",
              "Training data and licences: models/photo-ddpm/DATA.md."]
