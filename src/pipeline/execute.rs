@@ -395,14 +395,8 @@ impl Stages<'_> {
                 &imageio::to_channels(&pic.color, yc)?,
                 self.engine.model.value_range,
             );
-            if y.shape() != &op.y_shape()[..] {
-                return Err(Error::Shape(format!(
-                    "measurement {:?}, operator {} expects {:?}",
-                    y.shape(),
-                    op.name(),
-                    op.y_shape()
-                )));
-            }
+            // Checked here, per file, so a bad input fails alone instead of failing its batch.
+            crate::samplers::check_measurement(&op, &y)?;
             let z = match &self.init_noise {
                 None => None,
                 Some(a) => Some(pick_init_noise(a, job.item.index, x_shape)?),

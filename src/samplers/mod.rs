@@ -53,6 +53,19 @@ pub trait Sampler: Send + Sync {
     fn sample(&self, net: &Network, problems: &mut [Problem]) -> Result<Vec<Img>>;
 }
 
+/// `y` has the shape the operator measures (an error naming both shapes otherwise).
+pub fn check_measurement(op: &OperatorRef, y: &Img) -> Result<()> {
+    if y.shape() != &op.y_shape()[..] {
+        return Err(Error::Shape(format!(
+            "measurement {:?}, operator {} expects {:?}",
+            y.shape(),
+            op.name(),
+            op.y_shape()
+        )));
+    }
+    Ok(())
+}
+
 /// One image's inverse problem: y = H x + σ_y n, plus its own random stream.
 pub struct Problem {
     pub op: OperatorRef,
@@ -66,14 +79,7 @@ pub struct Problem {
 impl Problem {
     /// A problem whose random draws come from `seed`.
     pub fn new(op: OperatorRef, y: Img, sigma_y: f64, seed: u64) -> Result<Self> {
-        if y.shape() != &op.y_shape()[..] {
-            return Err(Error::Shape(format!(
-                "measurement {:?}, operator {} expects {:?}",
-                y.shape(),
-                op.name(),
-                op.y_shape()
-            )));
-        }
+        check_measurement(&op, &y)?;
         if !(sigma_y >= 0.0 && sigma_y.is_finite()) {
             return Err(Error::invalid(
                 "noise_sigma",
