@@ -374,6 +374,39 @@ fn quantize_option_rounds_y_to_file_levels() {
     }
 }
 
+/// `tuning.max_overshoot`: defaults to the Fashion-MNIST rule (0.2), takes a non-negative number, and
+/// rejects anything else or an unknown key with the spec's line and column.
+#[test]
+fn tuning_max_overshoot_option_parses() {
+    let dir = root().join("pipelines/experiments");
+    let runs = "runs:\n  - sampler: {name: pinv}\n    nfe: [1]\n";
+    let parse = |tuning: &str| {
+        StudySpec::parse(&format!("{HEAD}{tuning}{runs}"), &dir.join("t.yaml"), &dir)
+    };
+    assert_eq!(
+        parse("").unwrap().max_overshoot,
+        conjure::study::MAX_OVERSHOOT
+    );
+    assert_eq!(
+        parse("tuning: {max_overshoot: 0.5}\n")
+            .unwrap()
+            .max_overshoot,
+        0.5
+    );
+    assert_eq!(parse("tuning: {}\n").unwrap().max_overshoot, 0.2);
+    let e = parse("tuning: {max_overshoot: -1}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_overshoot") && e.contains(">= 0"), "{e}");
+    let e = parse("tuning: {max_overshot: 1}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("max_overshot") && e.contains("max_overshoot"),
+        "{e}"
+    );
+}
+
 /// Tuning's choice: the best mean PSNR among points whose worst raw output stays within 0.2 of the range;
 /// the best overall only when none does; a diverged point never wins over a finite one.
 #[test]
@@ -402,12 +435,23 @@ fn tuning_prefers_points_that_stay_in_range() {
         point(21.0, 3.0, false),
         point(18.0, 0.0, false),
     ];
-    assert_eq!(choose(&pts), Some(0));
+    let max = conjure::study::MAX_OVERSHOOT;
+    assert_eq!(choose(&pts, max), Some(0));
     // None in range: the best mean.
     let pts = [point(19.0, 0.5, false), point(21.0, 3.0, false)];
-    assert_eq!(choose(&pts), Some(1));
+    assert_eq!(choose(&pts, max), Some(1));
+    // A wider bound (`tuning.max_overshoot`, a photo study's rule) admits the 0.5 overshoot but not 3.0.
+    let pts = [
+        point(19.0, 0.1, false),
+        point(20.0, 0.5, false),
+        point(21.0, 3.0, false),
+    ];
+    assert_eq!(choose(&pts, max), Some(0));
+    assert_eq!(choose(&pts, 0.5), Some(1));
+    assert_eq!(choose(&pts, 1.0), Some(1));
+    assert_eq!(choose(&pts, 3.0), Some(2));
     // A diverged point is not in range and has −∞ mean.
     let pts = [point(30.0, 0.0, true), point(12.0, 0.0, false)];
-    assert_eq!(choose(&pts), Some(1));
-    assert_eq!(choose(&[]), None);
+    assert_eq!(choose(&pts, max), Some(1));
+    assert_eq!(choose(&[], max), None);
 }

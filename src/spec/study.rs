@@ -11,6 +11,7 @@
 //! data:
 //!   test: {idx: /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz, count: 8, pad: 2}
 //!   tune: {idx: /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz, count: 4, pad: 2}
+//! tuning: {max_overshoot: 0.2}   # optional: how far a tuning output may leave the value range
 //! seed: 0
 //! runtime: {batch_size: 16}
 //! tasks:
@@ -153,6 +154,9 @@ pub struct StudySpec {
     /// Quantize every measurement y to this many bits over the model's value range (`data.quantize`, 8 or
     /// 16), as an image file stores it; `None` keeps y in f64.
     pub quantize: Option<u32>,
+    /// `tuning.max_overshoot`: tuning prefers grid points whose every raw restoration of the tuning images
+    /// stays within this distance of the model's value range (default [`DEFAULT_MAX_OVERSHOOT`]).
+    pub max_overshoot: f64,
     pub seed: u64,
     runtime: Option<Node>,
     pub tasks: Vec<StudyTask>,
@@ -160,8 +164,13 @@ pub struct StudySpec {
 }
 
 const STUDY_KEYS: &[&str] = &[
-    "version", "models", "data", "seed", "runtime", "tasks", "runs",
+    "version", "models", "data", "tuning", "seed", "runtime", "tasks", "runs",
 ];
+
+/// The default of `tuning.max_overshoot`: 0.2 beyond the value range (±1.2 on [-1, 1]), the Fashion-MNIST
+/// studies' rule. Photographs hold saturated pixels at the ends of the range, where a restoration's
+/// ordinary pixel error already leaves it by a few tenths; a photo study sets a wider bound.
+pub const DEFAULT_MAX_OVERSHOOT: f64 = 0.2;
 const RUN_KEYS: &[&str] = &[
     "label",
     "sampler",
@@ -283,6 +292,19 @@ impl StudySpec {
                 _ => Err(ctx.invalid("quantize", n, "8 or 16 (bits)")),
             })
             .transpose()?;
+        let max_overshoot = match top.get("tuning") {
+            Some(n) => {
+                let tuning = Section::of(&ctx, n, "tuning")?;
+                unknown_keys(&ctx, &tuning, &["max_overshoot"], "tuning")?;
+                match tuning.get("max_overshoot") {
+                    Some(m) => {
+                        ctx.float(m, "max_overshoot", (0.0, false), (f64::INFINITY, true))?
+                    }
+                    None => DEFAULT_MAX_OVERSHOOT,
+                }
+            }
+            None => DEFAULT_MAX_OVERSHOOT,
+        };
         let seed = match top.get("seed") {
             Some(n) => ctx.int(n, "seed", 0, u64::MAX as i128)? as u64,
             None => 0,
@@ -311,6 +333,7 @@ impl StudySpec {
             test,
             tune,
             quantize,
+            max_overshoot,
             seed,
             runtime: top.get("runtime").cloned(),
             tasks,

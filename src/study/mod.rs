@@ -14,8 +14,8 @@
 //!
 //! **Tuning.** A run with a `tune` grid restores the tuning images (e.g. the *training* split) at the grid's
 //! NFE for every grid point and keeps the point with the highest mean PSNR (the first on ties) among the
-//! points whose every raw restoration stays within [`MAX_OVERSHOOT`] of the value range (all points when
-//! none does; `tuning.csv` lists each point's standard error and worst overshoot); the test
+//! points whose every raw restoration stays within the study's `tuning.max_overshoot` (default
+//! [`MAX_OVERSHOOT`]) of the value range (all points when none does; `tuning.csv` lists each point's standard error and worst overshoot); the test
 //! sweep then uses it at every NFE and Jacobian mode. A run without `tune` takes the values tuned for a
 //! run of the same label on the same task, if there is one, else the spec's values. Tuning never sees a
 //! test image.
@@ -132,19 +132,21 @@ impl ConfigResult {
     pub fn worst_overshoot(&self) -> f64 {
         self.overshoot.iter().copied().fold(0.0, f64::max)
     }
-    /// Whether every image stayed within [`MAX_OVERSHOOT`] of the value range.
-    pub fn in_range(&self) -> bool {
-        self.error.is_none() && self.worst_overshoot() <= MAX_OVERSHOOT
+    /// Whether every image stayed within `max_overshoot` of the value range.
+    pub fn in_range(&self, max_overshoot: f64) -> bool {
+        self.error.is_none() && self.worst_overshoot() <= max_overshoot
     }
 }
 
-/// Tuning prefers grid points whose every raw restoration stays within this distance of the model's value
-/// range (±1.2 on [-1, 1]); only when no point does, the best mean PSNR of all wins.
-pub const MAX_OVERSHOOT: f64 = 0.2;
+/// By default, tuning prefers grid points whose every raw restoration stays within this distance of the
+/// model's value range (±1.2 on [-1, 1]); only when no point does, the best mean PSNR of all wins. A study
+/// sets its own distance with `tuning.max_overshoot`.
+pub const MAX_OVERSHOOT: f64 = crate::spec::study::DEFAULT_MAX_OVERSHOOT;
 
-/// The grid point tuning chooses: the best mean PSNR among the points whose worst image stays in range
-/// ([`ConfigResult::in_range`]), else the best mean PSNR overall. Returns its index.
-pub fn choose(points: &[ConfigResult]) -> Option<usize> {
+/// The grid point tuning chooses: the best mean PSNR among the points whose worst image stays within
+/// `max_overshoot` of the range ([`ConfigResult::in_range`]), else the best mean PSNR overall. Returns its
+/// index.
+pub fn choose(points: &[ConfigResult], max_overshoot: f64) -> Option<usize> {
     let best = |ok: &dyn Fn(&ConfigResult) -> bool| {
         points
             .iter()
@@ -160,7 +162,7 @@ pub fn choose(points: &[ConfigResult]) -> Option<usize> {
             })
             .map(|(i, _)| i)
     };
-    best(&|r| r.in_range()).or_else(|| best(&|_| true))
+    best(&|r| r.in_range(max_overshoot)).or_else(|| best(&|_| true))
 }
 
 /// Everything a study produced.
@@ -646,7 +648,7 @@ pub fn run_study(study: &StudySpec, opts: &StudyOptions) -> Result<StudyReport> 
                 )?;
                 results.push(r);
             }
-            if let Some(i) = choose(&results) {
+            if let Some(i) = choose(&results, study.max_overshoot) {
                 chosen_nodes.insert(k, points[i].clone());
             }
             report.tuning.extend(results);
