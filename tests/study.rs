@@ -374,6 +374,40 @@ fn quantize_option_rounds_y_to_file_levels() {
     }
 }
 
+/// A study's record is keyed by the model's files too: retraining a model in place (new weights in the same
+/// folder) restores again, while editing the folder's README does not.
+#[test]
+fn a_rerun_after_new_weights_restores_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    std::fs::create_dir(&model).unwrap();
+    for e in std::fs::read_dir(root().join("models/fmnist-ddpm")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
+    }
+    let text = format!(
+        "version: 1\nmodels: {{diffusion: {}}}\ndata: {{test: {{dir: {}, count: 1}}}}\ntasks:\n  sr: {{operator: sr-bicubic, scale: 4}}\nruns:\n  - sampler: {{name: c-pigdm}}\n    nfe: [2]\n",
+        model.display(),
+        root().join("examples/fmnist/clean").display()
+    );
+    let spec = StudySpec::parse(&text, &tmp.path().join("s.yaml"), tmp.path()).unwrap();
+    let out = tmp.path().join("out");
+    let first = run_study(&spec, &options(&out)).unwrap();
+    assert_eq!(first.restored, 1);
+    std::fs::write(model.join("README.md"), "notes\n").unwrap();
+    assert_eq!(run_study(&spec, &options(&out)).unwrap().restored, 0);
+    // New weights: the last float of weights.bin (a bias) changes.
+    let w = model.join("weights.bin");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let n = bytes.len();
+    let v = f32::from_le_bytes(bytes[n - 4..].try_into().unwrap()) + 0.5;
+    bytes[n - 4..].copy_from_slice(&v.to_le_bytes());
+    std::fs::write(&w, bytes).unwrap();
+    let again = run_study(&spec, &options(&out)).unwrap();
+    assert_eq!(again.restored, 1);
+    assert_ne!(again.test[0].key, first.test[0].key);
+}
+
 /// `tuning.max_overshoot`: defaults to the Fashion-MNIST rule (0.2), takes a non-negative number, and
 /// rejects anything else or an unknown key with the spec's line and column.
 #[test]

@@ -21,7 +21,8 @@
 //! test image.
 //!
 //! **Resuming.** Each finished configuration is appended to `<out>/study-runs.jsonl`, keyed by the hash of
-//! its resolved pipeline spec and its image set; a rerun skips what is recorded, so a long study can be
+//! its resolved pipeline spec, its model's files ([`model_fingerprint`]: a retrained model's weights in
+//! the same folder are a new key) and its image set; a rerun skips what is recorded, so a long study can be
 //! stopped and continued, and tables can be redrawn without restoring anything. The restorations shown in
 //! the image grids (each run's first configuration) are kept as `<out>/restored/<task>/<run>/<image>.npy`
 //! (values in [0, 1]).
@@ -326,6 +327,31 @@ fn load_model(spec: &PipelineSpec) -> Result<Loaded> {
     })
 }
 
+/// SHA-256 over what a model folder's restorations depend on: `model.yaml` and every `*.onnx` / `*.bin`
+/// file in it (names, sizes and contents, in name order). Documentation beside them (README.md, DATA.md)
+/// does not count.
+pub fn model_fingerprint(dir: &Path) -> Result<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && (p.file_name().is_some_and(|n| n == "model.yaml")
+                    || p.extension().is_some_and(|x| x == "onnx" || x == "bin"))
+        })
+        .collect();
+    files.sort();
+    let mut h = Sha256::new();
+    for f in &files {
+        let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
+        h.update(f.file_name().unwrap_or_default().as_encoded_bytes());
+        h.update([0]);
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Restore `set` with the configuration `spec`, in batches of `runtime.batch_size`.
 fn restore(model: &Loaded, spec: &PipelineSpec, set: &[Measured]) -> Result<Vec<Img>> {
     let restorer = Restorer::new(spec, model.model.clone(), model.network.clone(), &|n, _| n)?;
@@ -388,6 +414,8 @@ struct Runner<'a> {
     study: &'a StudySpec,
     opts: &'a StudyOptions,
     models: BTreeMap<PathBuf, Loaded>,
+    /// Model folder → [`model_fingerprint`], computed once per study.
+    fingerprints: BTreeMap<PathBuf, String>,
     record: Record,
     record_path: PathBuf,
     restored: usize,
@@ -419,9 +447,14 @@ impl Runner<'_> {
     ) -> Result<ConfigResult> {
         let spec = self.study.pipeline(task, run, settings, nfe, jacobian)?;
         let names: Vec<String> = clean.iter().map(|s| s.name.clone()).collect();
+        if !self.fingerprints.contains_key(&spec.model) {
+            let fp = model_fingerprint(&spec.model)?;
+            self.fingerprints.insert(spec.model.clone(), fp);
+        }
         let key = {
             let mut h = Sha256::new();
             h.update(spec.hash().as_bytes());
+            h.update(self.fingerprints[&spec.model].as_bytes());
             h.update(phase.as_bytes());
             if let Some(bits) = self.study.quantize {
                 h.update(format!("quantize {bits}").as_bytes());
@@ -584,6 +617,7 @@ pub fn run_study(study: &StudySpec, opts: &StudyOptions) -> Result<StudyReport> 
         study,
         opts,
         models: BTreeMap::new(),
+        fingerprints: BTreeMap::new(),
         record: Record::open(&record_path)?,
         record_path,
         restored: 0,
