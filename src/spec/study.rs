@@ -171,6 +171,7 @@ const STUDY_KEYS: &[&str] = &[
 /// studies' rule. Photographs hold saturated pixels at the ends of the range, where a restoration's
 /// ordinary pixel error already leaves it by a few tenths; a photo study sets a wider bound.
 pub const DEFAULT_MAX_OVERSHOOT: f64 = 0.2;
+
 const RUN_KEYS: &[&str] = &[
     "label",
     "sampler",

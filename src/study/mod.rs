@@ -15,8 +15,8 @@
 //! **Tuning.** A run with a `tune` grid restores the tuning images (e.g. the *training* split) at the grid's
 //! NFE for every grid point and keeps the point with the highest mean PSNR (the first on ties) among the
 //! points whose every raw restoration stays within the study's `tuning.max_overshoot` (default
-//! [`MAX_OVERSHOOT`]) of the value range (all points when none does; `tuning.csv` lists each point's standard error and worst overshoot); the test
-//! sweep then uses it at every NFE and Jacobian mode. A run without `tune` takes the values tuned for a
+//! [`MAX_OVERSHOOT`]) of the value range (all points when none does; `tuning.csv` lists each point's
+//! standard error and worst overshoot); the test sweep then uses it at every NFE and Jacobian mode. A run without `tune` takes the values tuned for a
 //! run of the same label on the same task, if there is one, else the spec's values. Tuning never sees a
 //! test image.
 //!
