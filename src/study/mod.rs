@@ -16,9 +16,9 @@
 //! NFE for every grid point and keeps the point with the highest mean PSNR (the first on ties) among the
 //! points whose every raw restoration stays within the study's `tuning.max_overshoot` (default
 //! [`MAX_OVERSHOOT`]) of the value range (all points when none does; `tuning.csv` lists each point's
-//! standard error and worst overshoot); the test sweep then uses it at every NFE and Jacobian mode. A run without `tune` takes the values tuned for a
-//! run of the same label on the same task, if there is one, else the spec's values. Tuning never sees a
-//! test image.
+//! standard error and worst overshoot); the test sweep then uses it at every NFE and Jacobian mode. A run
+//! without `tune` takes the values tuned for a run of the same label on the same task, if there is one,
+//! else the spec's values. Tuning never sees a test image.
 //!
 //! **Resuming.** Each finished configuration is appended to `<out>/study-runs.jsonl`, keyed by the hash of
 //! its resolved pipeline spec, its model's files ([`model_fingerprint`]: a retrained model's weights in
