@@ -375,7 +375,7 @@ fn quantize_option_rounds_y_to_file_levels() {
 }
 
 /// A study's record is keyed by the model's files too: retraining a model in place (new weights in the same
-/// folder) restores again, while editing the folder's README does not.
+/// folder, whatever the weights file is called) restores again, while editing the folder's README does not.
 #[test]
 fn a_rerun_after_new_weights_restores_again() {
     let tmp = tempfile::tempdir().unwrap();
@@ -406,6 +406,12 @@ fn a_rerun_after_new_weights_restores_again() {
     let again = run_study(&spec, &options(&out)).unwrap();
     assert_eq!(again.restored, 1);
     assert_ne!(again.test[0].key, first.test[0].key);
+    // External weights may have any name: a changed `*.onnx.data` beside the graphs is a new key as well.
+    std::fs::write(model.join("denoiser.onnx.data"), [1u8, 2, 3]).unwrap();
+    assert_eq!(run_study(&spec, &options(&out)).unwrap().restored, 1);
+    std::fs::write(model.join("denoiser.onnx.data"), [1u8, 2, 4]).unwrap();
+    assert_eq!(run_study(&spec, &options(&out)).unwrap().restored, 1);
+    assert_eq!(run_study(&spec, &options(&out)).unwrap().restored, 0);
 }
 
 /// `tuning.max_overshoot`: defaults to the Fashion-MNIST rule (0.2), takes a non-negative number, and
@@ -419,7 +425,7 @@ fn tuning_max_overshoot_option_parses() {
     };
     assert_eq!(
         parse("").unwrap().max_overshoot,
-        conjure::study::MAX_OVERSHOOT
+        conjure::spec::study::DEFAULT_MAX_OVERSHOOT
     );
     assert_eq!(
         parse("tuning: {max_overshoot: 0.5}\n")
@@ -469,7 +475,7 @@ fn tuning_prefers_points_that_stay_in_range() {
         point(21.0, 3.0, false),
         point(18.0, 0.0, false),
     ];
-    let max = conjure::study::MAX_OVERSHOOT;
+    let max = conjure::spec::study::DEFAULT_MAX_OVERSHOOT;
     assert_eq!(choose(&pts, max), Some(0));
     // None in range: the best mean.
     let pts = [point(19.0, 0.5, false), point(21.0, 3.0, false)];

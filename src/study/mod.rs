@@ -14,11 +14,11 @@
 //!
 //! **Tuning.** A run with a `tune` grid restores the tuning images (e.g. the *training* split) at the grid's
 //! NFE for every grid point and keeps the point with the highest mean PSNR (the first on ties) among the
-//! points whose every raw restoration stays within the study's `tuning.max_overshoot` (default
-//! [`MAX_OVERSHOOT`]) of the value range (all points when none does; `tuning.csv` lists each point's
-//! standard error and worst overshoot); the test sweep then uses it at every NFE and Jacobian mode. A run
-//! without `tune` takes the values tuned for a run of the same label on the same task, if there is one,
-//! else the spec's values. Tuning never sees a test image.
+//! points whose every raw restoration stays within the study's `tuning.max_overshoot` of the value range
+//! (default [`DEFAULT_MAX_OVERSHOOT`](crate::spec::study::DEFAULT_MAX_OVERSHOOT), 0.2; all points when
+//! none does; `tuning.csv` lists each point's standard error and worst overshoot); the test sweep then uses
+//! it at every NFE and Jacobian mode. A run without `tune` takes the values tuned for a run of the same
+//! label on the same task, if there is one, else the spec's values. Tuning never sees a test image.
 //!
 //! **Resuming.** Each finished configuration is appended to `<out>/study-runs.jsonl`, keyed by the hash of
 //! its resolved pipeline spec, its model's files ([`model_fingerprint`]: a retrained model's weights in
@@ -138,11 +138,6 @@ impl ConfigResult {
         self.error.is_none() && self.worst_overshoot() <= max_overshoot
     }
 }
-
-/// By default, tuning prefers grid points whose every raw restoration stays within this distance of the
-/// model's value range (±1.2 on [-1, 1]); only when no point does, the best mean PSNR of all wins. A study
-/// sets its own distance with `tuning.max_overshoot`.
-pub const MAX_OVERSHOOT: f64 = crate::spec::study::DEFAULT_MAX_OVERSHOOT;
 
 /// The grid point tuning chooses: the best mean PSNR among the points whose worst image stays within
 /// `max_overshoot` of the range ([`ConfigResult::in_range`]), else the best mean PSNR overall. Returns its
@@ -327,18 +322,15 @@ fn load_model(spec: &PipelineSpec) -> Result<Loaded> {
     })
 }
 
-/// SHA-256 over what a model folder's restorations depend on: `model.yaml` and every `*.onnx` / `*.bin`
-/// file in it (names, sizes and contents, in name order). Documentation beside them (README.md, DATA.md)
-/// does not count.
+/// SHA-256 over what a model folder's restorations can depend on: every file in it (names, sizes and
+/// contents, in name order) but its documentation (`*.md`, `*.txt`: README.md, DATA.md). Every file, not a
+/// list of extensions, because a graph's external weights may have any name (`weights.bin`,
+/// `model.onnx.data`, …).
 pub fn model_fingerprint(dir: &Path) -> Result<String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && (p.file_name().is_some_and(|n| n == "model.yaml")
-                    || p.extension().is_some_and(|x| x == "onnx" || x == "bin"))
-        })
+        .filter(|p| p.is_file() && !p.extension().is_some_and(|x| x == "md" || x == "txt"))
         .collect();
     files.sort();
     let mut h = Sha256::new();
