@@ -6,8 +6,9 @@
 mod common;
 
 use common::cpigdm::*;
+use common::numeric::{dense, noisy_start_dense};
 use conjure::model::Denoiser;
-use conjure::operators::{Degradation, Img, LinearOperator, OperatorRef, DEFAULT_SVD_THRESHOLD};
+use conjure::operators::{Degradation, Img, OperatorRef, DEFAULT_SVD_THRESHOLD};
 use conjure::samplers::c_pigdm::CPigdm;
 use conjure::samplers::c_pigdm_noisy::g_exponent;
 use conjure::samplers::{Problem, Sampler, SamplerConfig, SamplerName};
@@ -25,22 +26,6 @@ fn with_variant(mut c: SamplerConfig, v: &str) -> SamplerConfig {
 
 fn one(x: &Img) -> ndarray::Array4<f64> {
     x.clone().insert_axis(ndarray::Axis(0))
-}
-
-/// H as a dense matrix (columns H e_i), from the operator's forward map only.
-fn dense(op: &dyn LinearOperator) -> DMatrix<f64> {
-    let [c, h, w] = op.x_shape();
-    let n = c * h * w;
-    let m: usize = op.y_shape().iter().product();
-    let mut mat = DMatrix::zeros(m, n);
-    for i in 0..n {
-        let mut e = Img::zeros((c, h, w));
-        e.as_slice_mut().unwrap()[i] = 1.0;
-        for (r, v) in op.forward(&e).iter().enumerate() {
-            mat[(r, i)] = *v;
-        }
-    }
-    mat
 }
 
 /// The noisy ΠGDM ODE with C-ΠGDM's weight w r_t² μ_t² (r_t = σ_t), from dense matrices:
@@ -133,7 +118,7 @@ fn run_against_ode(
     let t_end = 0.001;
     let hmat = dense(op.as_ref());
     let yv = DVector::from_iterator(y.len(), y.iter().copied());
-    let x0 = &op.pinv(&y) * vp.mu(tau) + &(&z * vp.sigma(tau));
+    let x0 = noisy_start_dense(&hmat, &y, &z, vp.mu(tau), vp.sigma(tau), sigma_y);
     let f = |t: f64, x: &Img| noisy_rhs(&oracle, &hmat, &yv, w, ode_sigma_y, t, x);
     let reference = rk4(&f, &x0, tau, t_end, 20_000);
     let outs = nfes
@@ -245,6 +230,53 @@ fn converges_to_its_noisy_ode_at_first_order() {
 }
 
 #[test]
+fn the_start_has_the_forward_process_law_given_the_clean_image() {
+    // Denoising: μ_τ y already holds noise of std μ_τσ_y, so x_τ − μ_τx must have std σ_τ (the forward
+    // process's), not √(σ_τ² + μ_τ²σ_y²) as adding σ_τz on top would give (+33 % variance at τ = 0.05).
+    let shape = [1, 128, 128];
+    let op = Degradation::Denoise.build(shape).unwrap();
+    let vp = vp();
+    let (tau, sy) = (0.05, 0.1);
+    let (mu, sigma) = (vp.mu(tau), vp.sigma(tau));
+    let x = &randn(shape, 51) * 0.4;
+    let y = &x + &(&randn(shape, 52) * sy);
+    let z = randn(shape, 53);
+    let x0 =
+        conjure::samplers::spectral::start(op.as_ref(), sy, &op.vt(&op.pinv(&y)), &z, mu, sigma);
+    let r = &x0 - &(&x * mu);
+    let var = r.iter().map(|v| v * v).sum::<f64>() / r.len() as f64;
+    eprintln!(
+        "start noise variance {var:.5}, σ_τ² {:.5}, μ²σ_y² {:.5}",
+        sigma * sigma,
+        (mu * sy).powi(2)
+    );
+    assert!(
+        (var / (sigma * sigma) - 1.0).abs() < 0.04,
+        "{var} vs {}",
+        sigma * sigma
+    );
+    // Below the noise (τ where σ_τ < μ_τσ_y) no fresh noise is added: the start is μ_τ y.
+    let (mu, sigma) = (vp.mu(0.01), vp.sigma(0.01));
+    assert!(sigma < mu * sy);
+    let x0 =
+        conjure::samplers::spectral::start(op.as_ref(), sy, &op.vt(&op.pinv(&y)), &z, mu, sigma);
+    assert!(max_abs_diff(&x0, &(&y * mu)) < 1e-12);
+    // The dense reference agrees on an operator with a null space and several singular values.
+    let (op, _, _) = bicubic_toy();
+    let y = op.forward(&randn(op.x_shape(), 54));
+    let z = randn(op.x_shape(), 55);
+    let (mu, sigma) = (vp.mu(0.3), vp.sigma(0.3));
+    let got =
+        conjure::samplers::spectral::start(op.as_ref(), sy, &op.vt(&op.pinv(&y)), &z, mu, sigma);
+    let want = noisy_start_dense(&dense(op.as_ref()), &y, &z, mu, sigma, sy);
+    assert!(
+        max_abs_diff(&got, &want) < 1e-9 * norm(&want),
+        "{}",
+        max_abs_diff(&got, &want)
+    );
+}
+
+#[test]
 fn the_noise_is_sigma_y_on_the_model_scale_not_doubled() {
     // With y = Hx + σ_y n the sampler (given σ_y) approaches the ODE with σ_y, not with 2σ_y.
     let nfes = [400];
@@ -295,7 +327,9 @@ fn small_noise_limit_is_the_noiseless_sampler() {
 
 #[test]
 fn infinite_noise_limit_ignores_the_measurement() {
-    // σ_y → ∞: γ → 0, the guidance vanishes and the sampler is C-ΠGDM with w = 0 (λ-DDIM).
+    // σ_y → ∞: γ → 0, the guidance vanishes and the sampler is C-ΠGDM with w = 0 (λ-DDIM) from the same
+    // start (which keeps H†y and adds no fresh noise on the measured directions, whose noise already
+    // exceeds σ_τ: see the start test).
     let (op, mean, var) = bicubic_toy();
     let shape = op.x_shape();
     let oracle = vp_oracle(mean.clone(), var);
@@ -309,7 +343,7 @@ fn infinite_noise_limit_ignores_the_measurement() {
             .unwrap()
             .remove(0)
     };
-    let free = run(0.0, "noiseless", 0.0);
+    let free = run(0.0, "noisy", 1e7);
     let d = max_abs_diff(&run(15.0, "noisy", 1e7), &free) / norm(&free);
     assert!(d < 1e-9, "{d:e}");
     assert!(max_abs_diff(&run(15.0, "noisy", 0.05), &free) / norm(&free) > 1e-3);

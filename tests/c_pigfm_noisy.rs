@@ -10,16 +10,14 @@ use std::sync::Arc;
 
 use conjure::model::analytic::{GaussianFlow, GaussianPrior, IdentityBasis};
 use conjure::model::{Denoiser, JacobianMode, ModelKind, Network, Parameterization};
-use conjure::operators::{
-    Degradation, Diagonal, Img, LinearOperator, OperatorRef, DEFAULT_SVD_THRESHOLD,
-};
+use conjure::operators::{Degradation, Diagonal, Img, OperatorRef, DEFAULT_SVD_THRESHOLD};
 use conjure::samplers::c_pigfm::CPigfm;
 use conjure::samplers::c_pigfm_noisy::b_exponent;
 use conjure::samplers::{ModelSchedule, Problem, Sampler, SamplerConfig, SamplerName};
 use conjure::schedules::TimeInput;
 use nalgebra::{DMatrix, DVector};
 use ndarray::{Array3, Axis};
-use numeric::{loglog_slope, max_abs, norm};
+use numeric::{dense, loglog_slope, max_abs, noisy_start_dense, norm};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -43,21 +41,6 @@ fn sampler(steps: usize, w: f64, lambda: f64, st: f64, variant: &str) -> CPigfm 
 
 fn one(x: &Img) -> ndarray::Array4<f64> {
     x.clone().insert_axis(Axis(0))
-}
-
-fn dense(op: &dyn LinearOperator) -> DMatrix<f64> {
-    let [c, h, w] = op.x_shape();
-    let n = c * h * w;
-    let m: usize = op.y_shape().iter().product();
-    let mut mat = DMatrix::zeros(m, n);
-    for i in 0..n {
-        let mut e = Img::zeros((c, h, w));
-        e.as_slice_mut().unwrap()[i] = 1.0;
-        for (r, v) in op.forward(&e).iter().enumerate() {
-            mat[(r, i)] = *v;
-        }
-    }
-    mat
 }
 
 /// dx/dt = v + w t(1 − t) r_t² J_{x̂₁}ᵀ Hᵀ(r_t² HHᵀ + σ_y² I)⁻¹(y − H x̂₁), r_t² = (1−t)²/(t² + (1−t)²),
@@ -209,7 +192,7 @@ fn converges_to_its_noisy_ode_at_first_order() {
             dense(op.as_ref()),
             DVector::from_iterator(y.len(), y.iter().copied()),
         );
-        let x0 = &op.pinv(&y) * st + &(&z * (1.0 - st));
+        let x0 = noisy_start_dense(&h, &y, &z, st, 1.0 - st, sy);
         let reference = |ode_sy: f64| {
             let f = |t: f64, x: &Img| noisy_flow_rhs(&den, &h, &yv, w, ode_sy, t, x);
             rk4(&f, &x0, st, 1.0, 20_000)

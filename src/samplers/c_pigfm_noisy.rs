@@ -34,11 +34,15 @@
 //!
 //! so at σ_y = 0 it is the derived noiseless integrator of [`super::c_pigfm`]. Quadrature once per
 //! distinct ρ ([`super::spectral`]). σ_y is the problem's, on the model's value scale.
+//!
+//! **The start** x_τ = V(τŷ + √max((1 − τ)² − τ²ρ_k, 0) ⊙ Vᵀz) ([`super::spectral::start`]): τH†y already
+//! carries noise of variance τ²ρ_k on a measured coordinate, so the fresh noise tops it up to the flow's
+//! (1 − τ)² instead of adding (1 − τ)z on top; at σ_y = 0 it is the noiseless start τH†y + (1 − τ)z.
 
 use ndarray::Zip;
 
 use super::common::velocity_jt;
-use super::spectral::{advance, step_phis, RhoCache, SpectralMap, StepTable};
+use super::spectral::{advance, start, step_phis, RhoCache, SpectralMap, StepTable};
 use super::Problem;
 use crate::error::Result;
 use crate::model::Network;
@@ -172,11 +176,11 @@ impl NoisyCPigfm {
             let map = SpectralMap::new(op.as_ref(), p.sigma_y, &self.cache, |r| {
                 self.coefficients(r)
             })?;
-            let hy = op.pinv(&p.y);
-            let x0 = &hy * st + &(p.init_noise() * (1.0 - st));
+            let yhat = op.vt(&op.pinv(&p.y));
+            let x0 = start(op.as_ref(), p.sigma_y, &yhat, &p.init_noise(), st, 1.0 - st);
             let a0 = map.fill(&op.x_shape(), |c| c.log_a[0].exp());
             states.push(State {
-                yhat: op.vt(&hy),
+                yhat,
                 xbar: op.vt(&x0) * &a0,
                 map,
             });

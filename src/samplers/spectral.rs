@@ -63,6 +63,33 @@ pub trait StepTable {
     fn log_a_next(&self, k: usize) -> f64;
 }
 
+/// The std of the fresh noise a coordinate with ρ = σ_y²/s² gets at the start: μŷ already carries noise of
+/// variance μ²ρ, so √max(σ² − μ²ρ, 0) tops it up to σ² (σ off the row space, ρ = ∞).
+pub fn start_noise(mu: f64, sigma: f64, rho: f64) -> f64 {
+    if rho.is_infinite() {
+        sigma
+    } else {
+        (sigma * sigma - mu * mu * rho).max(0.0).sqrt()
+    }
+}
+
+/// A noisy integrator's start x = V(μ ŷ + start_noise(μ, σ, ρ_k) ⊙ Vᵀz), ŷ = Vᵀ H†y: distributed as the forward
+/// process puts it at that time given the clean image (μx, noise σ²) on every coordinate where y's own
+/// noise does not exceed σ, instead of adding σz on top of y's noise.
+pub fn start(
+    op: &dyn LinearOperator,
+    sigma_y: f64,
+    yhat: &Img,
+    z: &Img,
+    mu: f64,
+    sigma: f64,
+) -> Img {
+    let kappa = op
+        .singulars()
+        .mapv(|s| start_noise(mu, sigma, rho(sigma_y, s)));
+    op.v(&(yhat * mu + &(op.vt(z) * &kappa)))
+}
+
 /// One step of a noisy integrator in the spectral basis, for one problem: x̄ ← decay·x̄ + ΔΦ_own ⊙ Vᵀown
 /// + ΔΦ_y ⊙ ŷ + ΔΦ_j ⊙ Vᵀg, each coordinate with its own ρ's table; returns x = V(x̄ / a(t_{k+1})).
 #[allow(clippy::too_many_arguments)]

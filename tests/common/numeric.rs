@@ -54,3 +54,50 @@ pub fn loglog_slope(nfe: &[usize], err: &[f64]) -> f64 {
     let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
     sxy / sxx
 }
+
+/// H as a dense matrix (columns H e_i), from the operator's forward map only.
+pub fn dense(op: &dyn conjure::operators::LinearOperator) -> nalgebra::DMatrix<f64> {
+    let [c, h, w] = op.x_shape();
+    let n = c * h * w;
+    let m: usize = op.y_shape().iter().product();
+    let mut mat = nalgebra::DMatrix::zeros(m, n);
+    for i in 0..n {
+        let mut e = Img::zeros((c, h, w));
+        e.as_slice_mut().unwrap()[i] = 1.0;
+        for (r, v) in op.forward(&e).iter().enumerate() {
+            mat[(r, i)] = *v;
+        }
+    }
+    mat
+}
+
+/// The noisy integrators' start from the dense H alone (its thin SVD H = U S Vᵀ, singular values below
+/// 1e-10·s_max treated as 0): μ H†y + σ z with the fresh noise on each measured direction v_k shrunk from σ
+/// to √max(σ² − μ²σ_y²/s_k², 0), since μH†y already carries noise of variance μ²σ_y²/s_k² there:
+/// x = μ H†y + σ z + Σ_k (κ_k − σ) v_k v_kᵀ z.
+pub fn noisy_start_dense(
+    h: &nalgebra::DMatrix<f64>,
+    y: &Img,
+    z: &Img,
+    mu: f64,
+    sigma: f64,
+    sigma_y: f64,
+) -> Img {
+    let svd = h.clone().svd(true, true);
+    let (u, vt) = (svd.u.unwrap(), svd.v_t.unwrap());
+    let smax = svd.singular_values.max();
+    let yv = nalgebra::DVector::from_iterator(y.len(), y.iter().copied());
+    let zv = nalgebra::DVector::from_iterator(z.len(), z.iter().copied());
+    let mut x = &zv * sigma;
+    for (k, &s) in svd.singular_values.iter().enumerate() {
+        if s <= 1e-10 * smax {
+            continue;
+        }
+        let vk = vt.row(k).transpose();
+        let kappa = (sigma * sigma - mu * mu * sigma_y * sigma_y / (s * s))
+            .max(0.0)
+            .sqrt();
+        x += &vk * (mu * u.column(k).dot(&yv) / s + (kappa - sigma) * vk.dot(&zv));
+    }
+    Img::from_shape_vec(z.raw_dim(), x.iter().copied().collect()).unwrap()
+}
