@@ -203,6 +203,9 @@ def _avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_
 
 def vjp_decompositions() -> dict:
     table = dict(torch._decomp.core_aten_decompositions())
+    # Keep layer normalisation whole (one ONNX LayerNormalization, whose InvStdDev output the split VJP
+    # keeps for the GroupNorm backward: _GroupNormSavingInput).
+    table.pop(aten.native_layer_norm.default, None)
     # Keep nearest upsampling itself whole (one ONNX Resize) instead of index arithmetic + GatherND.
     for op in (aten.upsample_nearest2d.default, getattr(aten.upsample_nearest2d, "vec", None)):
         table.pop(op, None)
@@ -215,32 +218,40 @@ def vjp_decompositions() -> dict:
 
 
 class _GroupNormSavingInput(torch.autograd.Function):
-    """GroupNorm whose backward keeps only its input x and recomputes the group statistics.
+    """GroupNorm that keeps its normalised values x̂ and the group inverse deviations r for the backward.
 
     With the parameters frozen, the input gradient of y = γ·x̂ + β, x̂ = (x − μ)·r, r = (σ² + ε)^(−1/2)
     per (sample, group) of M values, is  x̄ = r·(g − mean(g) − x̂·mean(g·x̂)),  g = γ·ȳ  (means over the
-    group). Autograd's own GroupNorm keeps x, μ and r, and the exported forward then computes μ and r a
-    second time beside the fused InstanceNormalization it uses for y (each a graph output that ONNX Runtime
-    must write and cannot fuse away); keeping x alone costs the backward two reductions instead."""
+    group). The forward computes x̂ and r with one LayerNormalization over each group (its optional
+    InvStdDev output is r, n × groups values), so keeping them costs the residual forward nothing it would
+    not compute anyway, and the backward needs two reductions and four elementwise passes. Keeping x
+    instead (the previous choice) made the backward recompute μ, r and x̂ (two more reductions, three
+    more passes); autograd's own GroupNorm keeps x, μ and r and has the forward compute the statistics a
+    second time beside the fused InstanceNormalization."""
 
     @staticmethod
     def forward(ctx, x, groups, weight, bias, eps):
-        ctx.save_for_backward(x, weight)
-        ctx.groups, ctx.eps = groups, eps
-        return _F_GROUP_NORM(x, groups, weight, bias, eps)
+        n, c = x.shape[0], x.shape[1]
+        xr = x.reshape(n, groups, -1)
+        xh, _mean, r = aten.native_layer_norm.default(xr, [xr.shape[-1]], None, None, eps)
+        ctx.save_for_backward(xh, r, weight)
+        ctx.groups = groups
+        y = xh.reshape(x.shape)
+        shape = (1, c, *([1] * (x.dim() - 2)))
+        if weight is not None:
+            y = y * weight.reshape(shape)
+        if bias is not None:
+            y = y + bias.reshape(shape)
+        return y
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        n, c = x.shape[0], x.shape[1]
-        xr = x.reshape(n, ctx.groups, -1)
-        xc = xr - xr.mean(-1, keepdim=True)
-        r = torch.rsqrt((xc * xc).mean(-1, keepdim=True) + ctx.eps)
-        xh = xc * r
-        g = grad if weight is None else grad * weight.reshape(1, c, *([1] * (x.dim() - 2)))
+        xh, r, weight = ctx.saved_tensors
+        n, c = grad.shape[0], grad.shape[1]
+        g = grad if weight is None else grad * weight.reshape(1, c, *([1] * (grad.dim() - 2)))
         g = g.reshape(n, ctx.groups, -1)
         gx = (g - g.mean(-1, keepdim=True) - xh * (g * xh).mean(-1, keepdim=True)) * r
-        return gx.reshape(x.shape), None, None, None, None
+        return gx.reshape(grad.shape), None, None, None, None
 
 
 class _SiLUSavingInput(torch.autograd.Function):
@@ -266,9 +277,10 @@ _F_SILU = torch.nn.functional.silu
 @contextlib.contextmanager
 def lean_residuals():
     """Trace GroupNorm and SiLU through :class:`_GroupNormSavingInput` / :class:`_SiLUSavingInput` so that
-    the split VJP's residuals are one tensor per normalisation and per activation (their inputs) instead of
-    autograd's four (input, normalised output, σ, and the statistics recomputed beside the fused
-    normalisation): measured on the Fashion-MNIST UNet, the residual graph then costs about one forward."""
+    the split VJP's residuals are one tensor per normalisation (x̂, plus its n × groups inverse deviations)
+    and per activation (its input) instead of autograd's four (input, normalised output, σ, and the
+    statistics recomputed beside the fused normalisation): measured on the Fashion-MNIST UNet, the residual
+    graph then costs about one forward."""
 
     def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
         if not input.requires_grad:
@@ -366,15 +378,17 @@ def split_vjp(joint: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, torch.
     other values it reads — the rule of AOT autograd's ``default_partition`` with a rematerialization step
     limited to what costs a pass over memory, not its full min-cut search. With the weights frozen, a
     convolution's or matrix product's input gradient reads only the weights, so what the backward reads is
-    what the nonlinearities need. Traced through :func:`lean_residuals`, that is one tensor per GroupNorm
-    and per SiLU (their inputs), softmax outputs and attention operands; the statistics and σ are
-    recomputed. Measured on the Fashion-MNIST UNet (ONNX Runtime 1.31.1, CPU, batch 16, 2 threads):
-    keeping everything autograd saves (256 residuals, 4.6 M floats per image) made the residual forward
-    1.33 forwards, because every kept value is a graph output ONNX Runtime must write and cannot fuse
-    through (σ stays unfused from the SiLU's Mul, statistics are computed twice beside the fused
-    InstanceNormalization); the lean cut (76 residuals, 2.3 M floats) costs 0.96 forwards and the backward
-    1.20 instead of 1.12: one step 2.16 forwards instead of 2.45. Residuals the backward does not read once
-    dead code is gone (an alias of the output) are pruned.
+    what the nonlinearities need. Traced through :func:`lean_residuals`, that is per GroupNorm its
+    normalised values x̂ and group inverse deviations r (LayerNormalization's outputs), per SiLU its input,
+    softmax outputs and attention operands; σ is recomputed. Measured on the Fashion-MNIST UNet (ONNX
+    Runtime 1.31.1, CPU, batch 16, 2 threads): keeping everything autograd saves (256 residuals, 4.6 M
+    floats per image) made the residual forward 1.33 forwards, because every kept value is a graph output
+    ONNX Runtime must write and cannot fuse through (σ stays unfused from the SiLU's Mul, statistics are
+    computed twice beside the fused InstanceNormalization); keeping each GroupNorm's input x instead of x̂
+    and r (76 residuals, 2.3 M floats) made the backward recompute the statistics, 13 passes over memory
+    per GroupNorm where x̂ and r (112 residuals, the same 2.3 M floats) leave 8: the backward fell
+    from 1.30–1.48 to 1.08–1.23 forwards, the step from 2.36–2.55 to 1.93–2.22 (3 interleaved runs).
+    Residuals the backward does not read once dead code is gone (an alias of the output) are pruned.
     Weights and values computed from weights alone (constants) are not residuals: both graphs hold them
     (from the one shared weights file). Shape arithmetic is recomputed in the backward from the
     cotangent's shape, which equals x's.
@@ -558,6 +572,38 @@ def _name_parameters(models: list, net: torch.nn.Module) -> int:
     return named
 
 
+def _splats_to_nodes(model, min_elements: int = 16) -> int:
+    """Replace each initializer whose elements are all equal (the ones a LayerNormalization without an affine
+    scale reads) by a ConstantOfShape node, so constants the graph can rebuild from one number are not
+    stored in the weights file. ONNX Runtime and tract fold the node at load. Returns how many."""
+    import numpy as np
+    import onnx_ir as ir
+
+    graph = model.graph
+    first = next(iter(graph), None)
+    count = 0
+    for name, value in list(graph.initializers.items()):
+        tensor = value.const_value
+        if tensor is None or value.is_graph_input() or value.is_graph_output():
+            continue
+        arr = tensor.numpy()
+        if arr.size < min_elements or not (arr == arr.flat[0]).all():
+            continue
+        shape = ir.Value(name=f"{name}__shape", const_value=ir.tensor(np.array(arr.shape, dtype=np.int64)))
+        graph.register_initializer(shape)
+        node = ir.Node("", "ConstantOfShape", inputs=[shape],
+                       attributes=[ir.AttrTensor("value", ir.tensor(arr.reshape(-1)[:1].copy()))])
+        value.replace_all_uses_with(node.outputs[0])
+        del graph.initializers[name]
+        node.outputs[0].name = name
+        if first is not None:
+            graph.insert_before(first, node)
+        else:
+            graph.append(node)
+        count += 1
+    return count
+
+
 def _share_weights(models: list, weights_path: Path, min_bytes: int = 1024) -> int:
     """Move every initializer of ≥ min_bytes of all `models` (onnx_ir Models) into ONE external file.
 
@@ -644,6 +690,8 @@ def export(prep: Prepared, out_dir: Path, name: str, log=print) -> dict:
                 dims[0] = "batch"
                 value.shape = ir.Shape(dims)
     _name_parameters([fwd, vjp, fres, bwd], net)
+    for model in (fwd, vjp, fres, bwd):
+        _splats_to_nodes(model)
     size = _share_weights([fwd, vjp, fres, bwd], out_dir / WEIGHTS_FILE)
     ir.save(fwd, out_dir / FORWARD_FILE)
     ir.save(vjp, out_dir / VJP_FILE)

@@ -6,6 +6,7 @@ Run with the exporter's environment: ``bash tools/ci_exporter.sh`` (or ``python 
 from __future__ import annotations
 
 import json
+import operator
 import shutil
 import subprocess
 import sys
@@ -161,8 +162,9 @@ def test_self_check_onnxruntime_matches_torch(exported):
 
 
 def test_lean_group_norm_and_silu_backward_equal_autograd():
-    """The hand-written backward of lean_residuals' GroupNorm and SiLU (input kept, statistics and σ
-    recomputed) equals PyTorch's own autograd, in float64, for input gradients (what the export asks)."""
+    """The hand-written backward of lean_residuals' GroupNorm (x̂ and the group inverse deviations kept) and
+    SiLU (input kept, σ recomputed) equals PyTorch's own autograd, in float64, for input gradients (what the
+    export asks)."""
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(3)
@@ -216,13 +218,22 @@ def test_split_vjp_keeps_inputs_recomputes_only_cheap_ops_and_matches_the_joint_
         elif any(a in from_res for a in n.all_input_nodes):
             from_res.add(n)
             assert ex._cheap(n), f"the backward recomputes {n.format_node()} from residuals alone"
-    # One residual per GroupNorm input and per SiLU input (plus attention's operands), none of them a
-    # per-group statistic or a σ(y): the forward writes nothing it could have fused.
+    # Per GroupNorm its layer normalisation's x̂ and inverse deviation (outputs 0 and 2, never the mean), per
+    # SiLU its input (plus attention's operands); no σ(y), no statistic computed beside the normalisation:
+    # the forward writes nothing it does not compute anyway.
     fwd_out = next(n for n in fwd.graph.nodes if n.op == "output").args[0]
+    layer_norm = torch.ops.aten.native_layer_norm.default
+    n_ln = sum(1 for n in fwd.graph.nodes if n.target is layer_norm)
+    kept = {0: 0, 2: 0}
     for node in fwd_out[1:]:
         assert node.target not in (torch.ops.aten.sigmoid.default, torch.ops.aten.rsqrt.default), node.format_node()
         shape = node.meta["val"].shape
+        if node.target is operator.getitem and node.args[0].target is layer_norm:
+            assert node.args[1] in kept, node.format_node()
+            kept[node.args[1]] += 1
+            continue
         assert len(shape) >= 3 and shape[-1] != 1, (node.format_node(), shape)
+    assert n_ln > 0 and kept == {0: n_ln, 2: n_ln}, (n_ln, kept)
     for b in (2, 3):
         x, t, v = torch.randn((b, 1, 32, 32)), prep.sample_t(b, g), torch.randn((b, 1, 32, 32))
         out, *res = fwd(x, t)
