@@ -241,8 +241,19 @@ fn the_start_has_the_forward_process_law_given_the_clean_image() {
     let x = &randn(shape, 51) * 0.4;
     let y = &x + &(&randn(shape, 52) * sy);
     let z = randn(shape, 53);
-    let x0 =
-        conjure::samplers::spectral::start(op.as_ref(), sy, &op.vt(&op.pinv(&y)), &z, mu, sigma);
+    // x_τ = V(spectral start), from y, z, μ_τ and σ_τ.
+    let start = |op: &OperatorRef, y: &Img, z: &Img, mu: f64, sigma: f64| {
+        let yhat = op.vt(&op.pinv(y));
+        op.v(&conjure::samplers::spectral::start(
+            op.as_ref(),
+            sy,
+            &yhat,
+            z,
+            mu,
+            sigma,
+        ))
+    };
+    let x0 = start(&op, &y, &z, mu, sigma);
     let r = &x0 - &(&x * mu);
     let var = r.iter().map(|v| v * v).sum::<f64>() / r.len() as f64;
     eprintln!(
@@ -258,16 +269,14 @@ fn the_start_has_the_forward_process_law_given_the_clean_image() {
     // Below the noise (τ where σ_τ < μ_τσ_y) no fresh noise is added: the start is μ_τ y.
     let (mu, sigma) = (vp.mu(0.01), vp.sigma(0.01));
     assert!(sigma < mu * sy);
-    let x0 =
-        conjure::samplers::spectral::start(op.as_ref(), sy, &op.vt(&op.pinv(&y)), &z, mu, sigma);
+    let x0 = start(&op, &y, &z, mu, sigma);
     assert!(max_abs_diff(&x0, &(&y * mu)) < 1e-12);
     // The dense reference agrees on an operator with a null space and several singular values.
     let (op, _, _) = bicubic_toy();
     let y = op.forward(&randn(op.x_shape(), 54));
     let z = randn(op.x_shape(), 55);
     let (mu, sigma) = (vp.mu(0.3), vp.sigma(0.3));
-    let got =
-        conjure::samplers::spectral::start(op.as_ref(), sy, &op.vt(&op.pinv(&y)), &z, mu, sigma);
+    let got = start(&op, &y, &z, mu, sigma);
     let want = noisy_start_dense(&dense(op.as_ref()), &y, &z, mu, sigma, sy);
     assert!(
         max_abs_diff(&got, &want) < 1e-9 * norm(&want),

@@ -195,14 +195,14 @@ impl NoisyCPigdm {
                 self.coefficients(r)
             })?;
             let yhat = op.vt(&op.pinv(&p.y));
-            let x0 = start(op.as_ref(), p.sigma_y, &yhat, &p.init_noise(), mu0, sigma0);
+            let c0 = start(op.as_ref(), p.sigma_y, &yhat, &p.init_noise(), mu0, sigma0);
             let a0 = map.fill(&op.x_shape(), |c| c.log_a[0].exp());
             st.push(State {
                 yhat,
-                xbar: op.vt(&x0) * &a0,
+                xbar: &c0 * &a0,
                 map,
             });
-            xs.push(x0);
+            xs.push(op.v(&c0));
         }
         for k in 0..self.t.len() - 1 {
             let t = self.t[k];

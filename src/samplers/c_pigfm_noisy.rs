@@ -177,14 +177,14 @@ impl NoisyCPigfm {
                 self.coefficients(r)
             })?;
             let yhat = op.vt(&op.pinv(&p.y));
-            let x0 = start(op.as_ref(), p.sigma_y, &yhat, &p.init_noise(), st, 1.0 - st);
+            let c0 = start(op.as_ref(), p.sigma_y, &yhat, &p.init_noise(), st, 1.0 - st);
             let a0 = map.fill(&op.x_shape(), |c| c.log_a[0].exp());
             states.push(State {
                 yhat,
-                xbar: op.vt(&x0) * &a0,
+                xbar: &c0 * &a0,
                 map,
             });
-            xs.push(x0);
+            xs.push(op.v(&c0));
         }
         for i in 0..self.grid.len() - 1 {
             let t = self.grid[i];

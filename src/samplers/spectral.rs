@@ -73,9 +73,10 @@ pub fn start_noise(mu: f64, sigma: f64, rho: f64) -> f64 {
     }
 }
 
-/// A noisy integrator's start x = V(μ ŷ + start_noise(μ, σ, ρ_k) ⊙ Vᵀz), ŷ = Vᵀ H†y: distributed as the forward
-/// process puts it at that time given the clean image (μx, noise σ²) on every coordinate where y's own
-/// noise does not exceed σ, instead of adding σz on top of y's noise.
+/// A noisy integrator's start in spectral coordinates, Vᵀx = μ ŷ + start_noise(μ, σ, ρ_k) ⊙ Vᵀz with
+/// ŷ = Vᵀ H†y: x is distributed as the forward process puts it at that time given the clean image (μx,
+/// noise σ²) on every coordinate where y's own noise does not exceed σ, instead of adding σz on top of
+/// y's noise. The samplers need these coordinates (x̄ = a ⊙ Vᵀx) as well as x = V(·).
 pub fn start(
     op: &dyn LinearOperator,
     sigma_y: f64,
@@ -87,7 +88,7 @@ pub fn start(
     let kappa = op
         .singulars()
         .mapv(|s| start_noise(mu, sigma, rho(sigma_y, s)));
-    op.v(&(yhat * mu + &(op.vt(z) * &kappa)))
+    yhat * mu + &(op.vt(z) * &kappa)
 }
 
 /// One step of a noisy integrator in the spectral basis, for one problem: x̄ ← decay·x̄ + ΔΦ_own ⊙ Vᵀown

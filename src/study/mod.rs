@@ -47,6 +47,7 @@ use crate::model::Denoiser;
 use crate::model::JacobianMode;
 use crate::operators::{Img, OperatorRef};
 use crate::pipeline::{add_measurement_noise, discover, task_mask};
+use crate::spec::hash::hex;
 use crate::spec::node::Node;
 use crate::spec::study::{node_text, DataSource, StudyRun, StudySpec, StudyTask};
 use crate::spec::{image_seed, PipelineSpec};
@@ -341,7 +342,7 @@ pub fn model_fingerprint(dir: &Path) -> Result<String> {
         h.update((bytes.len() as u64).to_le_bytes());
         h.update(&bytes);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&h.finalize()))
 }
 
 /// Restore `set` with the configuration `spec`, in batches of `runtime.batch_size`.
@@ -455,10 +456,7 @@ impl Runner<'_> {
                 h.update(n.as_bytes());
                 h.update([0]);
             }
-            h.finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+            hex(&h.finalize())
         };
         let kept_dir = self
             .opts

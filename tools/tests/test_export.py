@@ -188,11 +188,12 @@ def test_lean_group_norm_and_silu_backward_equal_autograd():
     assert F.silu is ex._F_SILU and F.group_norm is ex._F_GROUP_NORM  # restored
 
 
-def test_split_vjp_keeps_inputs_recomputes_only_cheap_ops_and_matches_the_joint_trace():
-    """The split's contract: the forward writes as residuals only what the backward reads (no statistics,
-    no σ, no unused alias), the backward recomputes from residuals alone only pointwise ops, views and
-    means/sums (never a convolution or a matrix product), and both halves together give the joint trace's
-    (out, vjp) at a batch size other than the traced one."""
+def test_split_vjp_keeps_what_the_forward_computes_recomputes_only_cheap_ops_and_matches_the_joint_trace():
+    """The split's contract: the forward writes as residuals only what the backward reads and what it
+    computes anyway (no σ, no statistic computed beside the normalisation, no unused alias), the backward
+    recomputes from residuals alone only pointwise ops, views and means/sums (never a convolution or a
+    matrix product), and both halves together give the joint trace's (out, vjp) at a batch size other than
+    the traced one."""
     torch.manual_seed(0)
     prep = PRESETS["fmnist-unet"].build(config=None, checkpoint=None, reduced=True)
     net = prep.module.eval()
