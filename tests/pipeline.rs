@@ -1285,3 +1285,146 @@ fn a_rerun_into_a_folder_whose_manifest_has_the_legacy_settings_hash_resumes() {
     let e = try_run(&other, opts).unwrap_err().to_string();
     assert!(e.contains(LEGACY), "{e}");
 }
+
+/// `sampler.samples`: C-ΠGDM on an exact Gaussian prior (pixel-wise, so any image size), colorizing two
+/// 3×8×8 images in one batch.
+mod averaged_samples {
+    use std::sync::Arc;
+
+    use conjure::engine::{build_operator, Observation};
+    use conjure::model::analytic::{GaussianDiffusion, GaussianPrior, IdentityBasis, NoiseLevel};
+    use conjure::pipeline::consistency::make_consistent;
+    use conjure::samplers::build;
+    use conjure::schedules::VpContinuous;
+    use conjure::spec::sample_seed;
+
+    use super::*;
+
+    const SPEC: &str = "model: m\ntask: {operator: colorize}\nsampler: {name: c-pigdm, steps: 5, start_time: 0.6}\nseed: 3\n";
+
+    fn prior() -> GaussianDiffusion {
+        let prior = GaussianPrior::new(
+            Arc::new(IdentityBasis),
+            Img::from_shape_fn((3, 8, 8), |(c, i, j)| {
+                0.1 * c as f64 - 0.02 * (i + j) as f64
+            }),
+            Img::from_elem((3, 8, 8), 0.3),
+        )
+        .unwrap();
+        GaussianDiffusion::new(
+            prior,
+            NoiseLevel::VpUnit(VpContinuous::default()),
+            Parameterization::Eps,
+        )
+        .unwrap()
+    }
+
+    fn restore(
+        spec: &PipelineSpec,
+        ys: &[Img],
+        seeds: &[u64],
+        zero_noise: bool,
+    ) -> (Vec<Img>, usize) {
+        let den = prior();
+        let sched = ModelSchedule::ddpm_linear_default();
+        let sampler = build(&spec.sampler.config, &sched).unwrap();
+        let engine = Engine {
+            model: info(3, None),
+            denoiser: &den,
+            sampler: sampler.as_ref(),
+            build_operator: &build_operator,
+        };
+        let op = build_operator(&Degradation::Colorize, [3, 8, 8]).unwrap();
+        let zero = Img::zeros((3, 8, 8));
+        let batch: Vec<Observation> = ys
+            .iter()
+            .zip(seeds)
+            .map(|(y, &seed)| Observation {
+                op: &op,
+                y,
+                seed,
+                init_noise: zero_noise.then_some(&zero),
+            })
+            .collect();
+        let r = engine.restore(spec, &batch, None).unwrap();
+        (r.images, r.nfe)
+    }
+
+    fn ys() -> Vec<Img> {
+        let op = build_operator(&Degradation::Colorize, [3, 8, 8]).unwrap();
+        (0..2)
+            .map(|k| op.forward(&(pattern(3, 8, 8, k) - 0.5)))
+            .collect()
+    }
+
+    fn dist(a: &Img, b: &Img) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(u, v)| (u - v).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    #[test]
+    fn the_average_of_k_restorations_is_the_mean_of_the_draws_from_their_own_seeds() {
+        let ys = ys();
+        let seeds = [17u64, 923];
+        let (avg, nfe) = restore(&spec(SPEC, &["sampler.samples=3"]), &ys, &seeds, false);
+        let one = spec(SPEC, &[]);
+        let (first, nfe1) = restore(&one, &ys, &seeds, false);
+        assert_eq!(
+            nfe,
+            3 * nfe1,
+            "K draws cost K times the network evaluations"
+        );
+        let op = build_operator(&Degradation::Colorize, [3, 8, 8]).unwrap();
+        for (i, y) in ys.iter().enumerate() {
+            // The reference: three separate `samples: 1` restorations from the seeds of draws 0, 1, 2.
+            let draws: Vec<Img> = (0..3)
+                .map(|k| {
+                    restore(&one, &ys[i..=i], &[sample_seed(seeds[i], k)], false)
+                        .0
+                        .remove(0)
+                })
+                .collect();
+            assert_eq!(draws[0], first[i], "draw 0 is the samples: 1 restoration");
+            assert!(
+                dist(&draws[0], &draws[1]) > 0.1,
+                "the draws are independent"
+            );
+            let mean = (&draws[0] + &draws[1] + &draws[2]) / 3.0;
+            let d = dist(&avg[i], &mean);
+            assert!(
+                d < 1e-10,
+                "image {i}: the average is {d:e} from the mean of its draws"
+            );
+            // Still consistent with the measurement after averaging.
+            let c = dist(&make_consistent(op.as_ref(), y, &avg[i]), &avg[i]);
+            assert!(c < 1e-10, "image {i}: the average left y by {c:e}");
+        }
+    }
+
+    #[test]
+    fn the_average_converges_to_the_noise_free_restoration_as_one_over_root_k() {
+        // On a Gaussian prior C-ΠGDM's output is affine in its initial noise z, so the mean over z is the
+        // restoration from z = 0, and the average of K independent draws approaches it as 1/√K.
+        let ys = ys();
+        let seeds = [5u64, 6];
+        let (centre, _) = restore(&spec(SPEC, &[]), &ys, &seeds, true);
+        let (one, _) = restore(&spec(SPEC, &[]), &ys, &seeds, false);
+        let (avg, _) = restore(&spec(SPEC, &["sampler.samples=16"]), &ys, &seeds, false);
+        for i in 0..2 {
+            let (d1, d16) = (dist(&one[i], &centre[i]), dist(&avg[i], &centre[i]));
+            assert!(
+                d1 > 0.1,
+                "image {i}: the draw does not depend on its noise ({d1})"
+            );
+            let ratio = d16 / d1;
+            // 192 coordinates: the ratio of the two distances concentrates near 1/4.
+            assert!(
+                (0.12..0.42).contains(&ratio),
+                "image {i}: ‖avg16 − x̄‖ / ‖draw − x̄‖ = {ratio}"
+            );
+        }
+    }
+}

@@ -53,8 +53,8 @@ fn smoke_study_end_to_end() {
     let out = tmp.path().join("smoke");
     let report = run_study(&spec, &options(&out)).unwrap();
 
-    // 2 tasks × (c-pigdm in 3 Jacobian modes + 7 other runs), every one restored without divergence.
-    assert_eq!(report.test.len(), 20);
+    // 2 tasks × (c-pigdm in 3 Jacobian modes + 8 other runs), every one restored without divergence.
+    assert_eq!(report.test.len(), 22);
     assert!(report.test.iter().all(|r| r.error.is_none()));
     assert!(report
         .test
@@ -111,6 +111,17 @@ fn smoke_study_end_to_end() {
             cpigdm.mean_psnr() > row.mean_psnr(),
             "{task}: c-pigdm vs pinv"
         );
+        // The mean of two draws costs two draws' network evaluations and is still a restoration.
+        let mean2 = report
+            .test
+            .iter()
+            .find(|r| r.task == task && r.run == "c-pigdm-mean2")
+            .unwrap();
+        assert_eq!(mean2.nfe, 10, "{task}: 2 samples × 5 steps");
+        assert!(
+            mean2.mean_psnr() > row.mean_psnr(),
+            "{task}: c-pigdm-mean2 vs pinv"
+        );
     }
 
     // Tuning: the chosen point is the best on the tuning images, and the sweep runs with it.
@@ -163,7 +174,7 @@ fn smoke_study_end_to_end() {
 
     // Files.
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 21);
+    assert_eq!(csv.lines().count(), 23); // header + 22 rows
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("## sr4-bicubic") && md.contains("## inpaint-box"));
     let svg = std::fs::read_to_string(out.join("psnr-vs-nfe.svg")).unwrap();

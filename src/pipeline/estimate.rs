@@ -90,9 +90,11 @@ pub fn evaluations(
     let mut problems = vec![Problem::new(op, y, spec.task.noise_sigma, 0)?];
     // The counts are what matters; a stand-in that trips a sampler's numerical checks still counted.
     let _ = sampler.sample(&net, &mut problems);
+    // `sampler.samples` = K restores each image K times (and averages them).
+    let k = spec.sampler.samples.max(1);
     Ok(Evaluations {
-        forwards: net.forwards(),
-        vjps: net.vjps(),
+        forwards: k * net.forwards(),
+        vjps: k * net.vjps(),
     })
 }
 

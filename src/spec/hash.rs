@@ -92,7 +92,7 @@ pub(super) fn settings(spec: &PipelineSpec) -> Value {
         .as_ref()
         .map_or(Value::Null, |k| json!({"size": k.size, "sigma": k.sigma}));
     let c = &spec.sampler.config;
-    json!({
+    let mut v = json!({
         "version": spec.version,
         "model": path(&spec.model),
         "task": {
@@ -125,7 +125,13 @@ pub(super) fn settings(spec: &PipelineSpec) -> Value {
             "bit_depth": bit_depth(spec.io.bit_depth),
             "jpeg_quality": spec.io.jpeg_quality,
         },
-    })
+    });
+    // `sampler.samples` enters only when it averages (K > 1), so that every spec written before the key
+    // existed keeps its hash (and its outputs keep resuming).
+    if spec.sampler.samples != 1 {
+        v["sampler"]["samples"] = json!(spec.sampler.samples);
+    }
+    v
 }
 
 /// Every resolved key but the spec file's own path, `runtime.batch_size` and `runtime.threads` (which

@@ -186,6 +186,10 @@ pub struct SamplerSpec {
     pub config: SamplerConfig,
     /// `.npy` of the initial noise (N,C,H,W) or (C,H,W).
     pub init_noise: Option<PathBuf>,
+    /// `sampler.samples`: restorations averaged per image (default 1). K > 1 runs the sampler K times
+    /// with independent noise ([`sample_seed`]) and writes their mean, a Monte-Carlo estimate of the
+    /// posterior mean E[x | y] at K× the network cost (see [`Engine::restore`](crate::engine::Engine)).
+    pub samples: usize,
 }
 
 /// `runtime.tile.size`.
@@ -324,6 +328,7 @@ const SAMPLER_KEYS: &[&str] = &[
     "eta_b",
     "num_eps",
     "variant",
+    "samples",
 ];
 const RUNTIME_KEYS: &[&str] = &[
     "engine",
@@ -1003,6 +1008,20 @@ impl PipelineSpec {
             .get("init_noise")
             .map(|n| ctx.path(n, "init_noise"))
             .transpose()?;
+        let samples = match s.get("samples") {
+            None => 1,
+            Some(n) => {
+                let k = ctx.usize(n, "samples", 1, 1024)?;
+                if k > 1 && init_noise.is_some() {
+                    return Err(ctx.err(
+                        &n.origin,
+                        "sampler.samples > 1 averages restorations from independent noise draws; \
+                         it cannot be combined with sampler.init_noise, which fixes the one draw",
+                    ));
+                }
+                k
+            }
+        };
         Ok(SamplerSpec {
             config: SamplerConfig {
                 name,
@@ -1018,6 +1037,7 @@ impl PipelineSpec {
                 jacobian,
             },
             init_noise,
+            samples,
         })
     }
 
@@ -1208,7 +1228,9 @@ impl PipelineSpec {
     /// [`settings_hash`](Self::settings_hash), or the `Debug`-based hash of earlier versions
     /// ([`hash::legacy_settings_hash`]), so that outputs made before the canonical hash still resume.
     pub fn settings_hash_matches(&self, recorded: &str) -> bool {
-        recorded == self.settings_hash() || recorded == hash::legacy_settings_hash(self)
+        // That version had no `sampler.samples`: nothing it wrote was an average.
+        recorded == self.settings_hash()
+            || (self.sampler.samples == 1 && recorded == hash::legacy_settings_hash(self))
     }
 
     /// SHA-256 (hex) of the resolved spec: every key after defaults, overrides and path resolution, in
@@ -1219,6 +1241,22 @@ impl PipelineSpec {
     pub fn hash(&self) -> String {
         hash::digest(&hash::resolved(self))
     }
+}
+
+/// The seed of restoration `k` of an image whose seed is `seed` (`sampler.samples`): `seed` itself for
+/// k = 0, so that the first of K restorations is the one a run with `samples: 1` makes; for k ≥ 1 the
+/// first 8 bytes (little-endian) of SHA-256(seed as 8 little-endian bytes ‖ "sample" ‖ k as 8
+/// little-endian bytes).
+pub fn sample_seed(seed: u64, k: usize) -> u64 {
+    if k == 0 {
+        return seed;
+    }
+    let mut h = Sha256::new();
+    h.update(seed.to_le_bytes());
+    h.update(b"sample");
+    h.update((k as u64).to_le_bytes());
+    let d = h.finalize();
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
 /// The per-image seed: the first 8 bytes (little-endian) of SHA-256(seed as 8 little-endian bytes ‖
@@ -1366,5 +1404,41 @@ mod tests {
         assert_eq!(a, image_seed(0, Path::new("a/b.png")));
         assert_ne!(a, image_seed(1, Path::new("a/b.png")));
         assert_ne!(a, image_seed(0, Path::new("a/c.png")));
+    }
+
+    #[test]
+    fn samples_parse_keep_old_hashes_and_refuse_a_fixed_noise() {
+        let one = parse(MIN).unwrap();
+        assert_eq!(one.sampler.samples, 1);
+        let explicit = parse(&MIN.replace("c-pigdm", "c-pigdm\n  samples: 1")).unwrap();
+        assert_eq!(
+            explicit.hash(),
+            one.hash(),
+            "samples: 1 is the default and keeps the hash"
+        );
+        assert_eq!(explicit.settings_hash(), one.settings_hash());
+        let four = parse(&MIN.replace("c-pigdm", "c-pigdm\n  samples: 4")).unwrap();
+        assert_eq!(four.sampler.samples, 4);
+        assert_ne!(four.settings_hash(), one.settings_hash());
+        // A manifest line written with the legacy hash of the one-sample settings is not this run's.
+        assert!(!four.settings_hash_matches(&hash::legacy_settings_hash(&one)));
+        assert!(one.settings_hash_matches(&hash::legacy_settings_hash(&one)));
+        for bad in ["0", "1025", "2.5"] {
+            let e =
+                parse(&MIN.replace("c-pigdm", &format!("c-pigdm\n  samples: {bad}"))).unwrap_err();
+            assert!(e.to_string().contains("samples"), "{e}");
+        }
+        let fixed = MIN.replace("c-pigdm", "c-pigdm\n  init_noise: z.npy\n  samples: 2");
+        let e = parse(&fixed).unwrap_err().to_string();
+        assert!(e.contains("init_noise"), "{e}");
+        parse(&fixed.replace("samples: 2", "samples: 1")).unwrap();
+    }
+
+    #[test]
+    fn sample_seeds_start_at_the_image_seed_and_differ() {
+        assert_eq!(sample_seed(42, 0), 42);
+        let s: std::collections::BTreeSet<u64> = (0..100).map(|k| sample_seed(42, k)).collect();
+        assert_eq!(s.len(), 100);
+        assert_ne!(sample_seed(42, 1), sample_seed(43, 1));
     }
 }

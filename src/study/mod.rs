@@ -87,6 +87,7 @@ pub struct ConfigResult {
     pub run: String,
     pub sampler: String,
     pub jacobian: String,
+    /// The run's NFE (`sampler.steps`) times `sampler.samples`: what one restored image cost.
     pub nfe: usize,
     /// The hyper-parameters set over the run's sampler block, as (key, value) text.
     pub settings: Vec<(String, String)>,
@@ -439,6 +440,8 @@ impl Runner<'_> {
         keep: bool,
     ) -> Result<ConfigResult> {
         let spec = self.study.pipeline(task, run, settings, nfe, jacobian)?;
+        // `sampler.samples` = K averages K restorations: the image cost K times the run's NFE.
+        let nfe = nfe * spec.sampler.samples.max(1);
         let names: Vec<String> = clean.iter().map(|s| s.name.clone()).collect();
         if !self.fingerprints.contains_key(&spec.model) {
             let fp = model_fingerprint(&spec.model)?;
@@ -470,6 +473,7 @@ impl Runner<'_> {
             // (the key is the resolved spec): report it as this run's.
             r.task = task.name.clone();
             r.run = run.label.clone();
+            r.nfe = nfe;
             r.settings = settings
                 .iter()
                 .map(|(k, v)| (k.clone(), node_text(v)))
