@@ -1211,6 +1211,94 @@ fn a_stop_takes_effect_within_one_tile_batch_and_progress_moves_per_tile_batch()
     }
 }
 
+/// A progress view that keeps the batch as it stood at every network call.
+#[derive(Debug, Default)]
+struct CallLog(std::sync::Mutex<Vec<conjure::pipeline::progress::Batch>>);
+
+impl conjure::pipeline::Progress for CallLog {
+    fn call(
+        &self,
+        _at: &conjure::pipeline::progress::Position,
+        b: &conjure::pipeline::progress::Batch,
+    ) {
+        self.0.lock().unwrap().push(*b);
+    }
+}
+
+#[test]
+fn progress_counts_the_network_calls_of_averaged_draws() {
+    // `sampler.samples` = K puts K problems per image through the network in the same calls: a 100x100
+    // image in 16x16 tiles (overlap 4) is 64 tiles, so K = 3 draws make 192 tiles per evaluation, in
+    // ceil(192 / 6) = 32 calls of 6 (not 3 × ceil(64 / 6) = 33); untiled, one call per evaluation for all
+    // K draws. The batch's progress must end at its last call, not short of it or past it.
+    use conjure::model::tiled::{TileConfig, TiledDenoiser};
+    use conjure::pipeline::NetWatch;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    write_png(
+        &input.join("big.png"),
+        pattern(1, 100, 100, 1),
+        8,
+        None,
+        false,
+    );
+    let cfg = TileConfig {
+        tile_h: 16,
+        tile_w: 16,
+        overlap: 4,
+        batch_size: 6,
+    };
+    for (case, (k, tiled, want)) in [(1, true, 11), (3, true, 32), (3, false, 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let s = spec(
+            SPEC,
+            &["sampler.jacobian=identity", &format!("sampler.samples={k}")],
+        );
+        let counting = Arc::new(CountingTiles {
+            calls: AtomicUsize::new(0),
+            at: usize::MAX,
+            stop: Arc::new(AtomicBool::new(false)),
+        });
+        let watch = NetWatch::new(None, tiled.then_some(cfg));
+        let net: Arc<dyn Denoiser> = if tiled {
+            Arc::new(TiledDenoiser::new(watch.wrap(counting.clone()), cfg).unwrap())
+        } else {
+            watch.wrap(Arc::new(Half))
+        };
+        let log = Arc::new(CallLog::default());
+        let engine = Engine {
+            model: info(1, None),
+            denoiser: net.as_ref(),
+            sampler: &Seeded,
+            build_operator: &factory,
+        };
+        let opts = RunOptions {
+            input: Some(input.clone()),
+            output: Some(tmp.path().join(format!("out{case}"))),
+            display: Some(log.clone() as Arc<dyn conjure::pipeline::Progress>),
+            watch: Some(watch),
+            ..Default::default()
+        };
+        let sum = pipeline::run_with(&s, &opts, &engine).unwrap();
+        assert_eq!(sum.restored, 1, "case {case}");
+        if tiled {
+            assert_eq!(counting.calls.load(Ordering::SeqCst), want, "case {case}");
+        }
+        let calls = log.0.lock().unwrap().clone();
+        assert_eq!(
+            calls.len(),
+            want,
+            "case {case}: one progress event per call"
+        );
+        let last = calls.last().unwrap();
+        assert_eq!((last.calls, last.need), (want, want), "case {case}");
+    }
+}
+
 #[test]
 fn unsupported_image_formats_are_counted_not_ignored() {
     let tmp = tempfile::tempdir().unwrap();

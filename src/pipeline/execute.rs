@@ -154,14 +154,17 @@ pub(crate) fn execute(
                 stop: opts.stop.as_deref(),
                 pool,
             };
+            // `sampler.samples` = K restores each image K times in the same network calls: a batch of
+            // n images puts K·n problems through nfe / K evaluations.
+            let k = spec.sampler.samples.max(1);
             let calls = |images: usize, x_shape: [usize; 3]| -> usize {
                 let per_eval = match opts.watch.as_ref().and_then(|w| w.tiles()) {
                     Some(cfg) => crate::model::tiled::TilePlan::new(x_shape[1], x_shape[2], cfg)
-                        .map(|plan| (images * plan.len()).div_ceil(cfg.batch_size.max(1)))
+                        .map(|plan| (k * images * plan.len()).div_ceil(cfg.batch_size.max(1)))
                         .unwrap_or(1),
                     None => 1,
                 };
-                per_eval * nfe
+                per_eval * (nfe / k)
             };
             stages.run(&todo, &recorder, summary, &calls)?
         }
