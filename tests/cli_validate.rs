@@ -281,3 +281,48 @@ fn validate_estimates_tiles_evaluations_and_time_per_input_size() {
     assert!(s.contains("warning: 1 of 4 inputs are colour"), "{s}");
     assert!(s.contains("Fashion-MNIST garments"), "{s}");
 }
+
+#[test]
+fn validate_counts_the_draws_of_sampler_samples_and_the_calls_they_share() {
+    // `sampler.samples: 4`: 4 × (5 forwards + 5 VJPs) per image. Two 32x32 images (one tile each) in a
+    // batch of 4 are 8 problems, 2 calls per evaluation for the 10 evaluations of a draw: 20 calls for
+    // the two, 10 per image (not 4 × 5 = 20 per image, as if each draw had its own calls). 100x60 is
+    // 12 tiles: 48 per evaluation, 12 calls × 10 = 120 calls.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    for (name, (w, h)) in [
+        ("a.png", (32u32, 32u32)),
+        ("b.png", (32, 32)),
+        ("c.png", (100, 60)),
+    ] {
+        image::GrayImage::new(w, h).save(input.join(name)).unwrap();
+    }
+    let spec = write_spec(
+        tmp.path(),
+        &format!(
+            "{}io:\n  input: in\n  output: out\nruntime:\n  batch_size: 4\n  engine: tract\n",
+            GOOD.replace("../models/none", &shipped_model())
+                .replace("name: c-pigdm", "name: c-pigdm\n  samples: 4")
+        ),
+    );
+    let out = conjure().arg("validate").arg(&spec).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("NFE 40 per image: 20 forwards + 20 VJPs, the mean of 4 draws"),
+        "{s}"
+    );
+    assert!(
+        s.contains(
+            "32x32 (2 images): 1 tile x NFE 40 = 40 tile evaluations/image in 10 network calls"
+        ),
+        "{s}"
+    );
+    assert!(
+        s.contains(
+            "100x60 (1 image): 12 tiles x NFE 40 = 480 tile evaluations/image in 120 network calls"
+        ),
+        "{s}"
+    );
+}

@@ -43,8 +43,12 @@ pub fn validate(path: &Path, set: &[String]) -> Result<i32, Failure> {
             String::new()
         }
     );
+    let draws = match spec.sampler.samples {
+        1 => String::new(),
+        k => format!(", the mean of {k} draws"),
+    };
     println!(
-        "  sampler  {} (NFE {} per image: {} forwards + {} VJPs)",
+        "  sampler  {} (NFE {} per image: {} forwards + {} VJPs{draws})",
         sampler.name(),
         evals.nfe(),
         evals.forwards,

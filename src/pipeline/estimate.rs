@@ -205,6 +205,7 @@ pub fn estimate(
     times: Option<(f64, Option<f64>)>,
 ) -> Result<Vec<SizeEstimate>> {
     let bs = spec.runtime.batch_size.max(1);
+    let k = spec.sampler.samples.max(1);
     let s = spec.task.scale;
     let mut out = Vec::new();
     for (&(h, w), &n) in &survey.sizes {
@@ -213,9 +214,11 @@ pub fn estimate(
             Some(cfg) => TilePlan::new(oh, ow, cfg)?.len(),
             None => 1,
         };
-        // Images of one size are sampled together, up to batch_size; their tiles fill the calls.
+        // Images of one size are sampled together, up to batch_size; their tiles fill the calls. With
+        // `sampler.samples` = K the K draws of each image share those calls: K·b problems go through
+        // each of the nfe / K evaluations (`evals` counts all K draws).
         let b = n.clamp(1, bs);
-        let per_eval = (b * nt).div_ceil(bs) as f64 / b as f64;
+        let per_eval = (k * b * nt).div_ceil(bs) as f64 / b as f64 / k as f64;
         let calls = per_eval * evals.nfe() as f64;
         let seconds = times.map(|(fwd, vjp)| {
             per_eval * (evals.forwards as f64 * fwd + evals.vjps as f64 * vjp.unwrap_or(2.0 * fwd))
