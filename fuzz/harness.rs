@@ -236,6 +236,7 @@ pub fn render(spec: &PipelineSpec) -> (String, Vec<String>) {
     if let Some(p) = &spec.sampler.init_noise {
         path(&mut y, "  ", "init_noise", "sampler.init_noise", p);
     }
+    y.push_str(&format!("  samples: {}\n", spec.sampler.samples));
 
     let r = &spec.runtime;
     let engine = match r.engine {
