@@ -194,13 +194,14 @@ impl Engine<'_> {
     /// is set, so that a stop cuts the batch short with [`Error::Interrupted`]), then the final
     /// data-consistency step. Errors when the sampler returns NaN or Inf.
     ///
-    /// With `sampler.samples` = K > 1, each image is restored K times in the same sampler call, from
-    /// the seeds [`sample_seed`]`(seed, 0..K)`, and x̂ is their mean (1/K) Σₖ x̂ₖ before the
-    /// data-consistency step (which is affine, so it commutes with the mean). Each x̂ₖ is a draw of the
-    /// sampler's approximate posterior p(x | y); their mean estimates the posterior mean E[x | y], the
-    /// estimate of least expected squared error — higher PSNR than any one draw, smoother where the
-    /// posterior is uncertain — with the draws' spread shrinking as 1/√K. The first draw is the
-    /// `samples: 1` restoration.
+    /// With `sampler.samples` = K > 1, each image is restored K times, from the seeds
+    /// [`sample_seed`]`(seed, 0..K)`, and x̂ is their mean (1/K) Σₖ x̂ₖ before the data-consistency step
+    /// (which is affine, so it commutes with the mean). Each x̂ₖ is a draw of the sampler's approximate
+    /// posterior p(x | y); their mean estimates the posterior mean E[x | y], the estimate of least
+    /// expected squared error — lower error than one draw on average, smoother where the posterior is
+    /// uncertain — with the draws' spread shrinking as 1/√K. The first draw is the `samples: 1`
+    /// restoration. The K draws of [`images_per_sampler_call`] images go through the sampler together,
+    /// so that no more restorations are in memory at once than `runtime.batch_size` (or K) allows.
     pub fn restore(
         &self,
         spec: &PipelineSpec,
@@ -225,28 +226,32 @@ impl Engine<'_> {
         );
         net.validate()?;
         let k = spec.sampler.samples.max(1);
-        let mut problems = batch
-            .iter()
-            .flat_map(|o| (0..k).map(move |i| (o, sample_seed(o.seed, i))))
-            .map(|(o, seed)| {
-                let pr = Problem::new(o.op.clone(), o.y.clone(), spec.task.noise_sigma, seed)?;
-                match o.init_noise {
-                    Some(z) => pr.with_init_noise(z.clone()),
-                    None => Ok(pr),
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let draws = self.sampler.sample(&net, &mut problems)?;
-        if draws.len() != problems.len() {
-            return Err(Error::Shape(format!(
-                "sampler returned {} images for a batch of {}",
-                draws.len(),
-                problems.len()
-            )));
+        let mut xs = Vec::with_capacity(batch.len());
+        for chunk in batch.chunks(images_per_sampler_call(spec, batch.len())) {
+            let mut problems = chunk
+                .iter()
+                .flat_map(|o| (0..k).map(move |i| (o, sample_seed(o.seed, i))))
+                .map(|(o, seed)| {
+                    let pr = Problem::new(o.op.clone(), o.y.clone(), spec.task.noise_sigma, seed)?;
+                    match o.init_noise {
+                        Some(z) => pr.with_init_noise(z.clone()),
+                        None => Ok(pr),
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let draws = self.sampler.sample(&net, &mut problems)?;
+            if draws.len() != problems.len() {
+                return Err(Error::Shape(format!(
+                    "sampler returned {} images for a batch of {}",
+                    draws.len(),
+                    problems.len()
+                )));
+            }
+            let mut means = mean_of_groups(draws, k);
+            let firsts: Vec<Problem> = problems.into_iter().step_by(k).collect();
+            consistency::finish(spec, &firsts, &mut means);
+            xs.extend(means);
         }
-        let mut xs = mean_of_groups(draws, k);
-        let firsts: Vec<Problem> = problems.into_iter().step_by(k).collect();
-        consistency::finish(spec, &firsts, &mut xs);
         if xs.iter().any(|x| x.iter().any(|v| !v.is_finite())) {
             return Err(Error::Numerical(
                 "the sampler produced NaN or Inf (it diverged)".into(),
@@ -254,6 +259,17 @@ impl Engine<'_> {
         }
         let nfe = (net.forwards() + net.vjps()) / batch.len().max(1);
         Ok(Restored { images: xs, nfe })
+    }
+}
+
+/// Images whose draws go through one sampler call when [`Engine::restore`] gets a batch of `batch`
+/// images: all of them for `sampler.samples` = 1; for K > 1, ⌊`runtime.batch_size` / K⌋ (at least 1), so
+/// that K draws each stay within the batch size the spec gives (or K, when K exceeds it) — the memory
+/// of a batch does not grow with K.
+pub fn images_per_sampler_call(spec: &PipelineSpec, batch: usize) -> usize {
+    match spec.sampler.samples.max(1) {
+        1 => batch.max(1),
+        k => (spec.runtime.batch_size.max(1) / k).max(1),
     }
 }
 

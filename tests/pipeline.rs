@@ -1230,7 +1230,9 @@ fn progress_counts_the_network_calls_of_averaged_draws() {
     // `sampler.samples` = K puts K problems per image through the network in the same calls: a 100x100
     // image in 16x16 tiles (overlap 4) is 64 tiles, so K = 3 draws make 192 tiles per evaluation, in
     // ceil(192 / 6) = 32 calls of 6 (not 3 × ceil(64 / 6) = 33); untiled, one call per evaluation for all
-    // K draws. The batch's progress must end at its last call, not short of it or past it.
+    // K draws. Two such images with runtime.batch_size 4 and K = 3 go through the sampler one image's
+    // draws at a time (4 / 3 = 1 image): in tiles of batch 5, 2 × ceil(192 / 5) = 78 calls (not
+    // ceil(384 / 5) = 77). The batch's progress must end at its last call, not short of it or past it.
     use conjure::model::tiled::{TileConfig, TiledDenoiser};
     use conjure::pipeline::NetWatch;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -1244,19 +1246,31 @@ fn progress_counts_the_network_calls_of_averaged_draws() {
         None,
         false,
     );
-    let cfg = TileConfig {
-        tile_h: 16,
-        tile_w: 16,
-        overlap: 4,
-        batch_size: 6,
-    };
-    for (case, (k, tiled, want)) in [(1, true, 11), (3, true, 32), (3, false, 1)]
-        .into_iter()
-        .enumerate()
-    {
+    let two = tmp.path().join("two");
+    for name in ["a.png", "b.png"] {
+        write_png(&two.join(name), pattern(1, 100, 100, 2), 8, None, false);
+    }
+    let cases = [
+        (1, Some(6), &input, 11),
+        (3, Some(6), &input, 32),
+        (3, None, &input, 1),
+        (3, Some(5), &two, 78),
+    ];
+    for (case, (k, tile_batch, dir, want)) in cases.into_iter().enumerate() {
+        let tiled = tile_batch.is_some();
+        let cfg = TileConfig {
+            tile_h: 16,
+            tile_w: 16,
+            overlap: 4,
+            batch_size: tile_batch.unwrap_or(1),
+        };
         let s = spec(
             SPEC,
-            &["sampler.jacobian=identity", &format!("sampler.samples={k}")],
+            &[
+                "sampler.jacobian=identity",
+                "runtime.batch_size=4",
+                &format!("sampler.samples={k}"),
+            ],
         );
         let counting = Arc::new(CountingTiles {
             calls: AtomicUsize::new(0),
@@ -1277,14 +1291,14 @@ fn progress_counts_the_network_calls_of_averaged_draws() {
             build_operator: &factory,
         };
         let opts = RunOptions {
-            input: Some(input.clone()),
+            input: Some(dir.clone()),
             output: Some(tmp.path().join(format!("out{case}"))),
             display: Some(log.clone() as Arc<dyn conjure::pipeline::Progress>),
             watch: Some(watch),
             ..Default::default()
         };
         let sum = pipeline::run_with(&s, &opts, &engine).unwrap();
-        assert_eq!(sum.restored, 1, "case {case}");
+        assert_eq!(sum.restored, if dir == &two { 2 } else { 1 }, "case {case}");
         if tiled {
             assert_eq!(counting.calls.load(Ordering::SeqCst), want, "case {case}");
         }
@@ -1451,6 +1465,67 @@ mod averaged_samples {
             .map(|(u, v)| (u - v).powi(2))
             .sum::<f64>()
             .sqrt()
+    }
+
+    /// The sampler it wraps, noting how many problems each call gets.
+    struct Sizes<'a>(&'a dyn Sampler, std::sync::Mutex<Vec<usize>>);
+
+    impl Sampler for Sizes<'_> {
+        fn name(&self) -> &'static str {
+            self.0.name()
+        }
+        fn nfe(&self) -> usize {
+            self.0.nfe()
+        }
+        fn sample(&self, net: &Network, problems: &mut [Problem]) -> Result<Vec<Img>> {
+            self.1.lock().unwrap().push(problems.len());
+            self.0.sample(net, problems)
+        }
+    }
+
+    #[test]
+    fn the_draws_stay_within_the_batch_size_and_the_split_changes_no_pixel() {
+        // 5 images, K = 2: with runtime.batch_size 4 the sampler gets 2 images' draws at a time (4, 4
+        // and 2 problems), never 10 at once; the pixels and the NFE are those of one call with all 10.
+        let den = prior();
+        let sched = ModelSchedule::ddpm_linear_default();
+        let op = build_operator(&Degradation::Colorize, [3, 8, 8]).unwrap();
+        let ys: Vec<Img> = (0..5)
+            .map(|k| op.forward(&(pattern(3, 8, 8, k) - 0.5)))
+            .collect();
+        let batch: Vec<Observation> = ys
+            .iter()
+            .enumerate()
+            .map(|(i, y)| Observation {
+                op: &op,
+                y,
+                seed: 100 + i as u64,
+                init_noise: None,
+            })
+            .collect();
+        let mut got = Vec::new();
+        for bs in [4, 64] {
+            let s = spec(
+                SPEC,
+                &["sampler.samples=2", &format!("runtime.batch_size={bs}")],
+            );
+            let inner = build(&s.sampler.config, &sched).unwrap();
+            let sizes = Sizes(inner.as_ref(), Default::default());
+            let engine = Engine {
+                model: info(3, None),
+                denoiser: &den,
+                sampler: &sizes,
+                build_operator: &build_operator,
+            };
+            let r = engine.restore(&s, &batch, None).unwrap();
+            got.push((r.images, r.nfe, sizes.1.into_inner().unwrap()));
+        }
+        assert_eq!(got[0].2, [4, 4, 2]);
+        assert_eq!(got[1].2, [10]);
+        assert_eq!(got[0].1, got[1].1);
+        for (a, b) in got[0].0.iter().zip(&got[1].0) {
+            assert!(dist(a, b) < 1e-12, "{}", dist(a, b));
+        }
     }
 
     #[test]

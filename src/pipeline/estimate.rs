@@ -16,6 +16,7 @@ use std::time::Instant;
 use ndarray::{Array4, ArrayView4};
 
 use super::{Engine, InputItem, ModelInfo};
+use crate::engine::images_per_sampler_call;
 use crate::error::Result;
 use crate::model::tiled::{TileConfig, TilePlan};
 use crate::model::{Denoiser, Network};
@@ -195,6 +196,22 @@ pub struct SizeEstimate {
     pub seconds: Option<f64>,
 }
 
+/// Network calls one evaluation of a draw takes for a batch of `images` images, when a sampler call on
+/// `p` problems makes `calls(p)` of them: the batch goes through the sampler
+/// [`images_per_sampler_call`] images at a time, `sampler.samples` draws each.
+pub fn calls_per_evaluation(
+    spec: &PipelineSpec,
+    images: usize,
+    calls: impl Fn(usize) -> usize,
+) -> usize {
+    let k = spec.sampler.samples.max(1);
+    let c = images_per_sampler_call(spec, images);
+    (0..images)
+        .step_by(c)
+        .map(|start| calls(k * c.min(images - start)))
+        .sum()
+}
+
 /// Per-size estimates for `survey` under the tile configuration `tiles` (`None`: no tiling, the
 /// network takes whole images).
 pub fn estimate(
@@ -215,10 +232,11 @@ pub fn estimate(
             None => 1,
         };
         // Images of one size are sampled together, up to batch_size; their tiles fill the calls. With
-        // `sampler.samples` = K the K draws of each image share those calls: K·b problems go through
-        // each of the nfe / K evaluations (`evals` counts all K draws).
+        // `sampler.samples` = K the K draws of each image share those calls, and each of the nfe / K
+        // evaluations of a draw (`evals` counts all K draws) takes `calls_per_evaluation` calls.
         let b = n.clamp(1, bs);
-        let per_eval = (k * b * nt).div_ceil(bs) as f64 / b as f64 / k as f64;
+        let per_eval =
+            calls_per_evaluation(spec, b, |p| (p * nt).div_ceil(bs)) as f64 / b as f64 / k as f64;
         let calls = per_eval * evals.nfe() as f64;
         let seconds = times.map(|(fwd, vjp)| {
             per_eval * (evals.forwards as f64 * fwd + evals.vjps as f64 * vjp.unwrap_or(2.0 * fwd))

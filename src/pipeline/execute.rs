@@ -154,17 +154,18 @@ pub(crate) fn execute(
                 stop: opts.stop.as_deref(),
                 pool,
             };
-            // `sampler.samples` = K restores each image K times in the same network calls: a batch of
-            // n images puts K·n problems through nfe / K evaluations.
+            // `sampler.samples` = K restores each image K times, the draws sharing network calls: each
+            // of the nfe / K evaluations of a draw takes `calls_per_evaluation` watched calls.
             let k = spec.sampler.samples.max(1);
             let calls = |images: usize, x_shape: [usize; 3]| -> usize {
-                let per_eval = match opts.watch.as_ref().and_then(|w| w.tiles()) {
+                let tiles = opts.watch.as_ref().and_then(|w| w.tiles());
+                let per_sampler_call = |problems: usize| match tiles {
                     Some(cfg) => crate::model::tiled::TilePlan::new(x_shape[1], x_shape[2], cfg)
-                        .map(|plan| (k * images * plan.len()).div_ceil(cfg.batch_size.max(1)))
+                        .map(|plan| (problems * plan.len()).div_ceil(cfg.batch_size.max(1)))
                         .unwrap_or(1),
                     None => 1,
                 };
-                per_eval * (nfe / k)
+                estimate::calls_per_evaluation(spec, images, per_sampler_call) * (nfe / k)
             };
             stages.run(&todo, &recorder, summary, &calls)?
         }
