@@ -6,7 +6,7 @@ use common::cli;
 
 use cli::{conjure, stderr};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn write_spec(dir: &Path, body: &str) -> std::path::PathBuf {
     let p = dir.join("spec.yaml");
@@ -233,11 +233,9 @@ fn validate_checks_the_input_and_the_output() {
     }
 }
 
-#[test]
-fn validate_estimates_tiles_evaluations_and_time_per_input_size() {
-    // Issue 16 item 7: before a long run, say how long.
-    let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("in");
+/// `dir/in/` with two 32x32 and one 100x60 gray images: the inputs of the estimate tests.
+fn gray_inputs(dir: &Path) -> PathBuf {
+    let input = dir.join("in");
     std::fs::create_dir(&input).unwrap();
     for (name, (w, h)) in [
         ("a.png", (32u32, 32u32)),
@@ -246,16 +244,29 @@ fn validate_estimates_tiles_evaluations_and_time_per_input_size() {
     ] {
         image::GrayImage::new(w, h).save(input.join(name)).unwrap();
     }
+    input
+}
+
+/// A spec (text naming `../models/none`) on the shipped model, reading `in/` in batches of 4 with tract.
+fn estimate_spec(dir: &Path, text: &str) -> PathBuf {
+    write_spec(
+        dir,
+        &format!(
+            "{}io:\n  input: in\n  output: out\nruntime:\n  batch_size: 4\n  engine: tract\n",
+            text.replace("../models/none", &shipped_model())
+        ),
+    )
+}
+
+#[test]
+fn validate_estimates_tiles_evaluations_and_time_per_input_size() {
+    // Issue 16 item 7: before a long run, say how long.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = gray_inputs(tmp.path());
     image::RgbImage::new(40, 40)
         .save(input.join("d.png"))
         .unwrap();
-    let spec = write_spec(
-        tmp.path(),
-        &format!(
-            "{}io:\n  input: in\n  output: out\nruntime:\n  batch_size: 4\n  engine: tract\n",
-            GOOD.replace("../models/none", &shipped_model())
-        ),
-    );
+    let spec = estimate_spec(tmp.path(), GOOD);
     let out = conjure().arg("validate").arg(&spec).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let s = String::from_utf8_lossy(&out.stdout);
@@ -289,22 +300,10 @@ fn validate_counts_the_draws_of_sampler_samples_and_the_calls_they_share() {
     // the two, 10 per image (not 4 × 5 = 20 per image, as if each draw had its own calls). 100x60 is
     // 12 tiles: 48 per evaluation, 12 calls × 10 = 120 calls.
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("in");
-    std::fs::create_dir(&input).unwrap();
-    for (name, (w, h)) in [
-        ("a.png", (32u32, 32u32)),
-        ("b.png", (32, 32)),
-        ("c.png", (100, 60)),
-    ] {
-        image::GrayImage::new(w, h).save(input.join(name)).unwrap();
-    }
-    let spec = write_spec(
+    gray_inputs(tmp.path());
+    let spec = estimate_spec(
         tmp.path(),
-        &format!(
-            "{}io:\n  input: in\n  output: out\nruntime:\n  batch_size: 4\n  engine: tract\n",
-            GOOD.replace("../models/none", &shipped_model())
-                .replace("name: c-pigdm", "name: c-pigdm\n  samples: 4")
-        ),
+        &GOOD.replace("name: c-pigdm", "name: c-pigdm\n  samples: 4"),
     );
     let out = conjure().arg("validate").arg(&spec).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use conjure::imageio::{self, EncodeOptions, FileFormat, Picture};
 use conjure::model::{Denoiser, ModelKind, Network, Parameterization};
 use conjure::operators::{Degradation, Diagonal, Img, OperatorRef};
@@ -1138,6 +1140,14 @@ impl Denoiser for CountingTiles {
     }
 }
 
+/// 100x100 gray PNGs `names` in `dir` (64 tiles of 16x16 overlapping by 4); returns `dir`.
+fn big_inputs(dir: &Path, names: &[&str]) -> PathBuf {
+    for name in names {
+        write_png(&dir.join(name), pattern(1, 100, 100, 1), 8, None, false);
+    }
+    dir.to_path_buf()
+}
+
 #[test]
 fn a_stop_takes_effect_within_one_tile_batch_and_progress_moves_per_tile_batch() {
     // Issue 16 item 6: SIGINT during a big SR took 408 s to act (the stop was checked once per network
@@ -1148,14 +1158,7 @@ fn a_stop_takes_effect_within_one_tile_batch_and_progress_moves_per_tile_batch()
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("in");
-    write_png(
-        &input.join("big.png"),
-        pattern(1, 100, 100, 1),
-        8,
-        None,
-        false,
-    );
+    let input = big_inputs(&tmp.path().join("in"), &["big.png"]);
     let s = spec(SPEC, &["runtime.batch_size=4", "sampler.jacobian=identity"]);
     let cfg = TileConfig {
         tile_h: 16,
@@ -1238,18 +1241,8 @@ fn progress_counts_the_network_calls_of_averaged_draws() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("in");
-    write_png(
-        &input.join("big.png"),
-        pattern(1, 100, 100, 1),
-        8,
-        None,
-        false,
-    );
-    let two = tmp.path().join("two");
-    for name in ["a.png", "b.png"] {
-        write_png(&two.join(name), pattern(1, 100, 100, 2), 8, None, false);
-    }
+    let input = big_inputs(&tmp.path().join("in"), &["big.png"]);
+    let two = big_inputs(&tmp.path().join("two"), &["a.png", "b.png"]);
     let cases = [
         (1, Some(6), &input, 11),
         (3, Some(6), &input, 32),
@@ -1391,34 +1384,25 @@ fn a_rerun_into_a_folder_whose_manifest_has_the_legacy_settings_hash_resumes() {
 /// `sampler.samples`: C-ΠGDM on an exact Gaussian prior (pixel-wise, so any image size), colorizing two
 /// 3×8×8 images in one batch.
 mod averaged_samples {
-    use std::sync::Arc;
-
     use conjure::engine::{build_operator, Observation};
-    use conjure::model::analytic::{GaussianDiffusion, GaussianPrior, IdentityBasis, NoiseLevel};
+    use conjure::model::analytic::GaussianDiffusion;
     use conjure::pipeline::consistency::make_consistent;
     use conjure::samplers::build;
-    use conjure::schedules::VpContinuous;
     use conjure::spec::sample_seed;
 
     use super::*;
+    use crate::common::cpigdm::vp_oracle;
+    use crate::common::numeric::norm;
 
     const SPEC: &str = "model: m\ntask: {operator: colorize}\nsampler: {name: c-pigdm, steps: 5, start_time: 0.6}\nseed: 3\n";
 
     fn prior() -> GaussianDiffusion {
-        let prior = GaussianPrior::new(
-            Arc::new(IdentityBasis),
+        vp_oracle(
             Img::from_shape_fn((3, 8, 8), |(c, i, j)| {
                 0.1 * c as f64 - 0.02 * (i + j) as f64
             }),
             Img::from_elem((3, 8, 8), 0.3),
         )
-        .unwrap();
-        GaussianDiffusion::new(
-            prior,
-            NoiseLevel::VpUnit(VpContinuous::default()),
-            Parameterization::Eps,
-        )
-        .unwrap()
     }
 
     fn restore(
@@ -1460,11 +1444,7 @@ mod averaged_samples {
     }
 
     fn dist(a: &Img, b: &Img) -> f64 {
-        a.iter()
-            .zip(b)
-            .map(|(u, v)| (u - v).powi(2))
-            .sum::<f64>()
-            .sqrt()
+        norm(&(a - b))
     }
 
     /// The sampler it wraps, noting how many problems each call gets.

@@ -473,7 +473,6 @@ impl Runner<'_> {
             // (the key is the resolved spec): report it as this run's.
             r.task = task.name.clone();
             r.run = run.label.clone();
-            r.nfe = nfe;
             r.settings = settings
                 .iter()
                 .map(|(k, v)| (k.clone(), node_text(v)))
