@@ -686,7 +686,10 @@ pub(crate) fn run_batched(
 /// engine's own values (`R`: ONNX Runtime values, tract tensors), keyed by the exact f32 chunk (x, t) the
 /// backend ran; a VJP chunk that finds its entry runs only the backward graph and takes the entry out.
 /// At most `budget` bytes of residuals are kept: the oldest entries go first (a VJP that then misses runs
-/// forward-with-residuals again, so results never depend on the budget).
+/// forward-with-residuals again, so results never depend on the budget). The newest entry is kept
+/// whatever its size: its backward needs those residuals anyway, so holding them until then adds nothing
+/// to the peak memory, and a chunk of a production-size network (an ADM-256 keeps gigabytes per image)
+/// would otherwise never be kept and every VJP would run the forward again.
 /// Split-VJP chunks of this process whose VJP found its residuals kept (`.0`) or had to run
 /// forward-with-residuals again (`.1`), over every model (for `conjure bench`: a step whose VJP misses
 /// costs a forward more).
@@ -735,9 +738,6 @@ impl<R> ResidualCache<R> {
         bytes: usize,
     ) {
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if bytes > self.budget {
-            return;
-        }
         let mut total: usize = e.iter().map(|k| k.bytes).sum::<usize>() + bytes;
         while total > self.budget {
             match e.pop_front() {
@@ -891,13 +891,20 @@ mod tests {
         assert_eq!(cache.take(&x(1.0), &t(0.5)), Some((x(10.0), "a")));
         // Taken out: a second take misses.
         assert!(cache.take(&x(1.0), &t(0.5)).is_none());
-        // Over budget: the oldest entries go first; an entry larger than the budget is not kept.
+        // Over budget: the oldest entries go first.
         cache.put(x(3.0), t(0.5), x(30.0), "c", 40);
         cache.put(x(4.0), t(0.5), x(40.0), "d", 40);
         assert_eq!(cache.len(), 2);
         assert!(cache.take(&x(2.0), &t(0.5)).is_none());
+        // An entry larger than the budget is kept, alone: everything older goes.
         cache.put(x(5.0), t(0.5), x(50.0), "e", 101);
-        assert_eq!(cache.len(), 2);
-        assert_eq!(cache.take(&x(4.0), &t(0.5)), Some((x(40.0), "d")));
+        assert_eq!(cache.len(), 1);
+        assert!(cache.take(&x(4.0), &t(0.5)).is_none());
+        assert_eq!(cache.take(&x(5.0), &t(0.5)), Some((x(50.0), "e")));
+        // ...until the next one.
+        cache.put(x(6.0), t(0.5), x(60.0), "f", 101);
+        cache.put(x(7.0), t(0.5), x(70.0), "g", 10);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.take(&x(7.0), &t(0.5)), Some((x(70.0), "g")));
     }
 }
