@@ -368,11 +368,16 @@ impl OrtDenoiser {
             )?),
             _ => None,
         };
+        // Residuals on a GPU: its memory is not known here; on the host: a share of what is free.
+        let budget = match split.as_ref().and_then(|(f, _)| f.keep_on.as_ref()) {
+            Some(_) => ResidualCache::<Vec<DynValue>>::DEFAULT_BUDGET,
+            None => ResidualCache::<Vec<DynValue>>::host_budget(),
+        };
         Ok(OrtDenoiser {
             forward,
             vjp,
             split,
-            kept: ResidualCache::new(ResidualCache::<Vec<DynValue>>::DEFAULT_BUDGET),
+            kept: ResidualCache::new(budget),
             image,
             batch_size: opts.batch_size.max(1),
             version: rt.version.clone(),

@@ -112,7 +112,7 @@ impl TractDenoiser {
             forward,
             vjp,
             split,
-            kept: ResidualCache::new(ResidualCache::<TVec<TValue>>::DEFAULT_BUDGET),
+            kept: ResidualCache::new(ResidualCache::<TVec<TValue>>::host_budget()),
             image: [img.channels, img.height, img.width],
             pool,
         })
