@@ -609,7 +609,44 @@ impl OrtGraph {
             let summary = g.end_profile()?;
             g.check_providers(summary, opts)?;
         }
-        fres.keep_on = residual_memory(&fres.providers).map_err(|e| fres.engine_error(e))?;
+        if let Some(device) = residual_memory(&fres.providers).map_err(|e| fres.engine_error(e))? {
+            Self::try_keep_on(fres, bwd, card, device)?;
+        }
+        Ok(())
+    }
+
+    /// Keep forward_residuals' residuals in `device` memory if that works: one step (zeros in, a cotangent
+    /// of ones) through the host and one through the device must both run and give the same input
+    /// gradient; else the residuals go through the host, with a warning (the run goes on either way).
+    fn try_keep_on(
+        fres: &mut OrtGraph,
+        bwd: &OrtGraph,
+        card: &ModelCard,
+        device: MemoryInfo<'static>,
+    ) -> Result<()> {
+        let n = fres.fixed_batch.unwrap_or(1);
+        let img = &card.image;
+        let shape = (n, img.channels, img.height, img.width);
+        let chunk = F32Chunk {
+            x: Array4::zeros(shape),
+            t: ndarray::Array1::zeros(n),
+            cot: None,
+        };
+        let step = |fres: &OrtGraph| -> Result<Array4<f32>> {
+            let (_, res) = fres.run_residuals(&chunk)?;
+            bwd.run_backward(&res, Array4::ones(shape))
+        };
+        fres.keep_on = None;
+        let on_host = step(fres)?;
+        let name = device.allocation_device().as_str().to_string();
+        fres.keep_on = Some(device);
+        if let Some(why) = device_trouble(step(fres), &on_host) {
+            tracing::warn!(
+                "{}: split VJP residuals cannot stay in {name} memory ({why}); they go through the host",
+                fres.path.display()
+            );
+            fres.keep_on = None;
+        }
         Ok(())
     }
 
@@ -801,6 +838,19 @@ impl OrtGraph {
         let outputs = session.run(inputs).map_err(eng)?;
         extract4(&outputs, "vjp").map_err(|e| self.engine_error(e))
     }
+}
+
+/// Why a trial step with the residuals on a device cannot be used: it failed, or its input gradient
+/// differs from the host path's by more than float32 round-off (1e-4 of its largest value); `None`: it can.
+fn device_trouble(on_device: Result<Array4<f32>>, on_host: &Array4<f32>) -> Option<String> {
+    let v = match on_device {
+        Err(e) => return Some(e.to_string()),
+        Ok(v) => v,
+    };
+    let scale = on_host.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let err = (&v - on_host).iter().fold(0f32, |m, d| m.max(d.abs()));
+    (err > 1e-4 * scale + 1e-6)
+        .then(|| format!("the gradient differs from the host path's by {err:e} (scale {scale:e})"))
 }
 
 /// The device memory a split VJP's residuals stay in between forward_residuals and backward: that of
@@ -1161,6 +1211,64 @@ mod tests {
         assert_eq!(on(&["cpu"]), None);
         assert_eq!(on(&["cpu", "cuda"]), None);
         assert_eq!(on(&[]), None);
+    }
+
+    /// The device path is tried once at load and kept only if it runs and gives the host path's gradient.
+    /// Here the session is the CPU's: ONNX Runtime leaves outputs bound to CUDA memory where its nodes
+    /// made them (no CUDA allocator), so the trial passes and the residuals are on the host; the decision
+    /// itself is checked on a failed and on a differing trial.
+    #[test]
+    fn the_device_path_is_tried_before_it_is_kept() {
+        if runtime().is_err() {
+            return; // reported by profiling_stops_after_provider_detection
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist-ddpm");
+        let card = ModelCard::load(&dir).unwrap();
+        let opts = RuntimeOptions {
+            providers: vec![Provider::Cpu],
+            threads: 1,
+            batch_size: 2,
+            ..RuntimeOptions::default()
+        };
+        let mut d = OrtDenoiser::load(&dir, &card, &opts).unwrap();
+        let (fres, bwd) = d.split.as_mut().unwrap();
+        let cuda = MemoryInfo::new(
+            AllocationDevice::CUDA,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .unwrap();
+        OrtGraph::try_keep_on(fres, bwd, &card, cuda).unwrap();
+        assert!(fres.keep_on.is_some());
+        let (_, res) = fres
+            .run_residuals(&F32Chunk {
+                x: Array4::zeros((1, 1, 32, 32)),
+                t: ndarray::Array1::zeros(1),
+                cot: None,
+            })
+            .unwrap();
+        for v in &res {
+            let tensor = v
+                .view()
+                .downcast::<ort::value::DynTensorValueType>()
+                .unwrap();
+            assert_eq!(
+                tensor.memory_info().allocation_device(),
+                AllocationDevice::CPU
+            );
+        }
+        let x = Array4::from_elem((2, 1, 32, 32), 0.25);
+        d.predict_for_vjp(x.view(), &[100.0, 600.0]).unwrap();
+        d.vjp(x.view(), &[100.0, 600.0], x.view()).unwrap();
+        // The decision: a trial that fails, or that moves the gradient, sends the residuals to the host.
+        let host = Array4::from_elem((1, 1, 2, 2), 2.0f32);
+        assert_eq!(device_trouble(Ok(host.clone()), &host), None);
+        assert_eq!(device_trouble(Ok(host.mapv(|v| v + 1e-5)), &host), None);
+        let far = device_trouble(Ok(host.mapv(|v| v + 1e-2)), &host).unwrap();
+        assert!(far.contains("differs"), "{far}");
+        let failed = device_trouble(Err(Error::Shape("no allocator".into())), &host).unwrap();
+        assert!(failed.contains("no allocator"), "{failed}");
     }
 
     /// The device path (outputs bound to the residuals' memory), taken here with the host's memory as
