@@ -270,6 +270,9 @@ pub fn render(spec: &PipelineSpec) -> (String, Vec<String>) {
     if let Some(p) = &r.trt_cache {
         path(&mut y, "  ", "trt_cache", "runtime.trt_cache", p);
     }
+    if let Some(g) = r.residual_memory {
+        y.push_str(&format!("  residual_memory: {g:?}\n"));
+    }
 
     let io = &spec.io;
     let format = match io.format {

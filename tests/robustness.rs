@@ -580,6 +580,18 @@ fn every_key_rejects_wrong_types_and_ranges() {
         ),
         (BASE_TASK, "runtime.tile", "7", "tile"),
         (BASE_TASK, "runtime.trt_cache", "[x]", "trt_cache"),
+        (
+            BASE_TASK,
+            "runtime.residual_memory",
+            "-1",
+            "residual_memory",
+        ),
+        (
+            BASE_TASK,
+            "runtime.residual_memory",
+            "lots",
+            "residual_memory",
+        ),
         (BASE_TASK, "io.input", "[a, b]", "input"),
         (BASE_TASK, "io.output", "{a: b}", "output"),
         (BASE_TASK, "io.format", "gif", "gif"),

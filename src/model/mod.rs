@@ -453,6 +453,9 @@ pub struct RuntimeOptions {
     pub batch_size: usize,
     /// TensorRT engine cache directory.
     pub trt_cache: Option<std::path::PathBuf>,
+    /// Bytes of split-VJP residuals kept (`runtime.residual_memory`); `None`: the engine's default
+    /// ([`ResidualCache::host_budget`] on the host, [`ResidualCache::DEFAULT_BUDGET`] on a GPU).
+    pub residual_budget: Option<usize>,
 }
 
 impl Default for RuntimeOptions {
@@ -464,6 +467,7 @@ impl Default for RuntimeOptions {
             threads: 0,
             batch_size: 16,
             trt_cache: None,
+            residual_budget: None,
         }
     }
 }

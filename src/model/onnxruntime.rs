@@ -369,9 +369,13 @@ impl OrtDenoiser {
             _ => None,
         };
         // Residuals on a GPU: its memory is not known here; on the host: a share of what is free.
-        let budget = match split.as_ref().and_then(|(f, _)| f.keep_on.as_ref()) {
-            Some(_) => ResidualCache::<Vec<DynValue>>::DEFAULT_BUDGET,
-            None => ResidualCache::<Vec<DynValue>>::host_budget(),
+        let budget = match (
+            opts.residual_budget,
+            split.as_ref().and_then(|(f, _)| f.keep_on.as_ref()),
+        ) {
+            (Some(b), _) => b,
+            (None, Some(_)) => ResidualCache::<Vec<DynValue>>::DEFAULT_BUDGET,
+            (None, None) => ResidualCache::<Vec<DynValue>>::host_budget(),
         };
         Ok(OrtDenoiser {
             forward,
@@ -1187,6 +1191,37 @@ mod tests {
         // A plain predict keeps nothing.
         d.predict(x.view(), &t).unwrap();
         assert_eq!(d.kept.len(), 0);
+    }
+
+    /// `runtime.residual_memory: 0` keeps only the newest chunk: the earlier ones run the forward again,
+    /// with the same results.
+    #[test]
+    fn a_zero_budget_keeps_only_the_newest_chunk() {
+        if runtime().is_err() {
+            return; // reported by profiling_stops_after_provider_detection
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist-ddpm");
+        let card = ModelCard::load(&dir).unwrap();
+        let opts = |budget| RuntimeOptions {
+            providers: vec![Provider::Cpu],
+            threads: 1,
+            batch_size: 2,
+            residual_budget: budget,
+            ..RuntimeOptions::default()
+        };
+        let x = Array4::from_shape_fn((5, 1, 32, 32), |(b, _, h, w)| {
+            ((b * 5 + h + w) % 9) as f64 * 0.2 - 0.8
+        });
+        let t = [10.0, 200.0, 500.0, 700.0, 900.0];
+        let mut steps = Vec::new();
+        for budget in [None, Some(0)] {
+            let d = OrtDenoiser::load(&dir, &card, &opts(budget)).unwrap();
+            d.predict_for_vjp(x.view(), &t).unwrap();
+            assert_eq!(d.kept.len(), if budget.is_some() { 1 } else { 3 });
+            steps.push(d.vjp(x.view(), &t, x.view()).unwrap());
+            assert_eq!(d.kept.len(), 0);
+        }
+        assert_eq!(steps[0], steps[1]);
     }
 
     /// The residuals stay on the device of the provider that runs the residual graph: a CUDA device for

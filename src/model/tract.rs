@@ -112,7 +112,10 @@ impl TractDenoiser {
             forward,
             vjp,
             split,
-            kept: ResidualCache::new(ResidualCache::<TVec<TValue>>::host_budget()),
+            kept: ResidualCache::new(
+                opts.residual_budget
+                    .unwrap_or_else(ResidualCache::<TVec<TValue>>::host_budget),
+            ),
             image: [img.channels, img.height, img.width],
             pool,
         })

@@ -213,6 +213,9 @@ pub struct RuntimeSpec {
     pub tile_size: TileSize,
     pub tile_overlap: usize,
     pub trt_cache: Option<PathBuf>,
+    /// `runtime.residual_memory`: GiB of split-VJP residuals kept between a forward and its VJP;
+    /// `None` (`auto`): a quarter of the free host memory, or 1 GiB on a GPU.
+    pub residual_memory: Option<f64>,
 }
 
 /// `io.format`.
@@ -337,6 +340,7 @@ const RUNTIME_KEYS: &[&str] = &[
     "threads",
     "tile",
     "trt_cache",
+    "residual_memory",
 ];
 const TILE_KEYS: &[&str] = &["size", "overlap"];
 const IO_KEYS: &[&str] = &[
@@ -1052,6 +1056,7 @@ impl PipelineSpec {
             tile_size: TileSize::Model,
             tile_overlap: 8,
             trt_cache: None,
+            residual_memory: None,
         };
         let Some(node) = node else { return Ok(r) };
         let s = Section::of(ctx, node, "runtime")?;
@@ -1100,6 +1105,21 @@ impl PipelineSpec {
         }
         if let Some(n) = s.get("trt_cache") {
             r.trt_cache = Some(ctx.path(n, "trt_cache")?);
+        }
+        if let Some(n) = s.get("residual_memory") {
+            r.residual_memory = match &n.value {
+                Value::Str(s) if s == "auto" => None,
+                Value::Int(_) | Value::Float(_) => {
+                    Some(ctx.float(n, "residual_memory", (0.0, false), (1048576.0, false))?)
+                }
+                _ => {
+                    return Err(ctx.invalid(
+                        "residual_memory",
+                        n,
+                        "`auto` or a number of GiB in [0, 1048576]",
+                    ))
+                }
+            };
         }
         if let Some(n) = s.get("tile") {
             let t = Section::of(ctx, n, "runtime.tile")?;
@@ -1190,6 +1210,10 @@ impl PipelineSpec {
             threads: self.runtime.threads,
             batch_size: self.runtime.batch_size,
             trt_cache: self.runtime.trt_cache.clone(),
+            residual_budget: self
+                .runtime
+                .residual_memory
+                .map(|gib| (gib * (1u64 << 30) as f64) as usize),
         }
     }
 
@@ -1396,6 +1420,36 @@ mod tests {
             .unwrap();
         assert_eq!(h.row(0).sum(), 0.0);
         assert_eq!(h.row(3).sum(), 4.0);
+    }
+
+    /// `runtime.residual_memory`: `auto` (the default) or GiB, as bytes in the engine's options; it
+    /// changes no pixel, so neither hash.
+    #[test]
+    fn residual_memory_parses_to_a_byte_budget() {
+        let auto = parse(MIN).unwrap();
+        assert_eq!(auto.runtime.residual_memory, None);
+        assert_eq!(auto.runtime_options().residual_budget, None);
+        let with = |v: &str| parse(&format!("{MIN}runtime:\n  residual_memory: {v}\n"));
+        assert_eq!(
+            with("auto").unwrap().runtime_options().residual_budget,
+            None
+        );
+        assert_eq!(
+            with("0").unwrap().runtime_options().residual_budget,
+            Some(0)
+        );
+        assert_eq!(
+            with("0.5").unwrap().runtime_options().residual_budget,
+            Some(1 << 29)
+        );
+        let eight = with("8").unwrap();
+        assert_eq!(eight.runtime_options().residual_budget, Some(8 << 30));
+        assert_eq!(eight.hash(), auto.hash());
+        assert_eq!(eight.settings_hash(), auto.settings_hash());
+        for bad in ["-1", "lots", "[1]", "2000000"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("residual_memory"), "{bad}: {e}");
+        }
     }
 
     #[test]
