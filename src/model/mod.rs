@@ -686,14 +686,6 @@ pub(crate) fn run_batched(
     Ok(outs)
 }
 
-/// Residuals of the split VJP kept between [`Denoiser::predict_for_vjp`] and [`Denoiser::vjp`], in the
-/// engine's own values (`R`: ONNX Runtime values, tract tensors), keyed by the exact f32 chunk (x, t) the
-/// backend ran; a VJP chunk that finds its entry runs only the backward graph and takes the entry out.
-/// At most `budget` bytes of residuals are kept: the oldest entries go first (a VJP that then misses runs
-/// forward-with-residuals again, so results never depend on the budget). The newest entry is kept
-/// whatever its size: its backward needs those residuals anyway, so holding them until then adds nothing
-/// to the peak memory, and a chunk of a production-size network (an ADM-256 keeps gigabytes per image)
-/// would otherwise never be kept and every VJP would run the forward again.
 /// Split-VJP chunks of this process whose VJP found its residuals kept (`.0`) or had to run
 /// forward-with-residuals again (`.1`), over every model (for `conjure bench`: a step whose VJP misses
 /// costs a forward more).
@@ -705,6 +697,14 @@ pub fn residual_reuse() -> (usize, usize) {
 static RESIDUAL_HITS: AtomicUsize = AtomicUsize::new(0);
 static RESIDUAL_MISSES: AtomicUsize = AtomicUsize::new(0);
 
+/// Residuals of the split VJP kept between [`Denoiser::predict_for_vjp`] and [`Denoiser::vjp`], in the
+/// engine's own values (`R`: ONNX Runtime values, tract tensors), keyed by the exact f32 chunk (x, t) the
+/// backend ran; a VJP chunk that finds its entry runs only the backward graph and takes the entry out.
+/// At most `budget` bytes of residuals are kept: the oldest entries go first (a VJP that then misses runs
+/// forward-with-residuals again, so results never depend on the budget). The newest entry is kept
+/// whatever its size: its backward needs those residuals anyway, so holding them until then adds nothing
+/// to the peak memory, and a chunk of a production-size network (an ADM-256 keeps gigabytes per image)
+/// would otherwise never be kept and every VJP would run the forward again.
 #[cfg_attr(not(any(feature = "tract", feature = "onnxruntime")), allow(dead_code))]
 pub(crate) struct ResidualCache<R> {
     entries: std::sync::Mutex<std::collections::VecDeque<Kept<R>>>,

@@ -1180,8 +1180,8 @@ mod tests {
         let (o, v) = d.vjp(x.view(), &t, cot.view()).unwrap();
         assert_eq!(d.kept.len(), 0);
         assert_eq!(o, out);
-        // The first chunk's residuals outlived the second chunk's forward (each call binds its own
-        // outputs): its VJP equals the one taken right after its own forward, bit for bit.
+        // The first chunk's residuals outlived the second chunk's forward (no call reuses another's
+        // output buffers): its VJP equals the one taken right after its own forward, bit for bit.
         for (lo, hi) in [(0, 2), (2, 3)] {
             let s = ndarray::s![lo..hi, .., .., ..];
             d.predict_for_vjp(x.slice(s), &t[lo..hi]).unwrap();
