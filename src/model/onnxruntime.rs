@@ -1152,19 +1152,27 @@ mod tests {
         }
     }
 
-    #[test]
-    fn split_vjp_keeps_residuals_from_predict_for_vjp_to_vjp() {
-        if runtime().is_err() {
-            return; // reported by profiling_stops_after_provider_detection
-        }
+    /// The Fashion-MNIST prior (split VJP graphs) on the CPU provider, one thread, batches of 2, with
+    /// this residual budget.
+    fn fmnist_split_on_cpu(budget: Option<usize>) -> (PathBuf, ModelCard, RuntimeOptions) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist-ddpm");
         let card = ModelCard::load(&dir).unwrap();
         let opts = RuntimeOptions {
             providers: vec![Provider::Cpu],
             threads: 1,
             batch_size: 2,
+            residual_budget: budget,
             ..RuntimeOptions::default()
         };
+        (dir, card, opts)
+    }
+
+    #[test]
+    fn split_vjp_keeps_residuals_from_predict_for_vjp_to_vjp() {
+        if runtime().is_err() {
+            return; // reported by profiling_stops_after_provider_detection
+        }
+        let (dir, card, opts) = fmnist_split_on_cpu(None);
         let d = OrtDenoiser::load(&dir, &card, &opts).unwrap();
         assert!(d.split.is_some());
         let x = Array4::from_shape_fn((3, 1, 32, 32), |(b, _, h, w)| {
@@ -1200,22 +1208,14 @@ mod tests {
         if runtime().is_err() {
             return; // reported by profiling_stops_after_provider_detection
         }
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist-ddpm");
-        let card = ModelCard::load(&dir).unwrap();
-        let opts = |budget| RuntimeOptions {
-            providers: vec![Provider::Cpu],
-            threads: 1,
-            batch_size: 2,
-            residual_budget: budget,
-            ..RuntimeOptions::default()
-        };
         let x = Array4::from_shape_fn((5, 1, 32, 32), |(b, _, h, w)| {
             ((b * 5 + h + w) % 9) as f64 * 0.2 - 0.8
         });
         let t = [10.0, 200.0, 500.0, 700.0, 900.0];
         let mut steps = Vec::new();
         for budget in [None, Some(0)] {
-            let d = OrtDenoiser::load(&dir, &card, &opts(budget)).unwrap();
+            let (dir, card, opts) = fmnist_split_on_cpu(budget);
+            let d = OrtDenoiser::load(&dir, &card, &opts).unwrap();
             d.predict_for_vjp(x.view(), &t).unwrap();
             assert_eq!(d.kept.len(), if budget.is_some() { 1 } else { 3 });
             steps.push(d.vjp(x.view(), &t, x.view()).unwrap());
@@ -1257,14 +1257,7 @@ mod tests {
         if runtime().is_err() {
             return; // reported by profiling_stops_after_provider_detection
         }
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist-ddpm");
-        let card = ModelCard::load(&dir).unwrap();
-        let opts = RuntimeOptions {
-            providers: vec![Provider::Cpu],
-            threads: 1,
-            batch_size: 2,
-            ..RuntimeOptions::default()
-        };
+        let (dir, card, opts) = fmnist_split_on_cpu(None);
         let mut d = OrtDenoiser::load(&dir, &card, &opts).unwrap();
         let (fres, bwd) = d.split.as_mut().unwrap();
         let cuda = MemoryInfo::new(
@@ -1314,14 +1307,7 @@ mod tests {
         if runtime().is_err() {
             return; // reported by profiling_stops_after_provider_detection
         }
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist-ddpm");
-        let card = ModelCard::load(&dir).unwrap();
-        let opts = RuntimeOptions {
-            providers: vec![Provider::Cpu],
-            threads: 1,
-            batch_size: 2,
-            ..RuntimeOptions::default()
-        };
+        let (dir, card, opts) = fmnist_split_on_cpu(None);
         let plain = OrtDenoiser::load(&dir, &card, &opts).unwrap();
         let mut bound = OrtDenoiser::load(&dir, &card, &opts).unwrap();
         bound.split.as_mut().unwrap().0.keep_on = Some(MemoryInfo::default());
